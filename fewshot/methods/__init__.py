@@ -1,0 +1,47 @@
+"""Built-in methods, registered lazily: nothing is imported until a method is used.
+
+Outside methods come from the ``fewshot.methods`` entry-point group or from
+``--method path/to/file.py:ClassName`` (see fewshot.registry).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fewshot.registry import Registry
+
+if TYPE_CHECKING:
+    from fewshot.methods.base import Adapter
+
+__all__ = ["METHODS", "get_method", "list_methods"]
+
+
+def _adapter_base() -> type:
+    from fewshot.methods.base import Adapter
+
+    return Adapter
+
+
+class _MethodRegistry(Registry["type[Adapter]"]):
+    """The method registry checks subclasses of Adapter, imported only when needed."""
+
+    def _check(self, name: str, obj: object) -> type[Adapter]:
+        self.base = _adapter_base()
+        return super()._check(name, obj)
+
+
+METHODS = _MethodRegistry("method", group="fewshot.methods")
+
+# One line per built-in method.
+METHODS.register("zeroshot", "fewshot.methods.zeroshot:ZeroShot")
+METHODS.register("linear-probe", "fewshot.methods.linear_probe:LinearProbe")
+METHODS.register("coop", "fewshot.methods.coop:CoOp")
+
+
+def get_method(name: str) -> type[Adapter]:
+    """The Adapter class for a registered name or a ``file.py:Class`` target."""
+    return METHODS.get(name)
+
+
+def list_methods() -> list[str]:
+    return METHODS.names()

@@ -1,0 +1,129 @@
+"""The Adapter contract: what every few-shot method implements.
+
+The harness owns data, caching, seeds, devices, precision, progress and scoring. A method
+owns only its math: ``fit(ctx)`` on the support set, ``predict(batch)`` to logits over the
+class names it is given. ``FitContext`` carries no test data, so a method cannot select
+epochs or hyper-parameters on the test set; the few-shot val set is there for that.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+
+from fewshot.types import AdapterConfig, FeatureSet
+
+if TYPE_CHECKING:
+    from fewshot.backbones import Backbone
+
+__all__ = ["Adapter", "FitContext", "ImageSource", "Needs", "QueryBatch"]
+
+
+class Needs(enum.Enum):
+    """What a method's ``predict`` needs to see of a query image."""
+
+    FEATURES = "features"  # cached frozen image features are enough
+    IMAGES = "images"  # images pass through the (prompted) image encoder
+
+
+class ImageSource(Protocol):
+    """Images of a few-shot subset (support or val), loaded by the harness.
+
+    ``loader`` yields ``(images, labels)`` batches: images preprocessed to a float tensor
+    (B, 3, H, W) on CPU, labels relabelled to the training label space. With
+    ``augment=True`` every pass draws fresh training augmentations (Dassl's random resized
+    crop + flip); with ``augment=False`` the test transform is used.
+    """
+
+    def __len__(self) -> int: ...
+
+    def loader(
+        self, batch_size: int, *, augment: bool, shuffle: bool, generator: torch.Generator | None = None
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+@dataclass
+class FitContext:
+    """Everything a method may use while fitting. There is no test split here.
+
+    Labels in every FeatureSet and loader are relabelled to ``classnames`` order (0..C-1).
+    """
+
+    classnames: list[str]  # the training label space
+    template: str  # the dataset's single hand-crafted template, "{}" = class name
+    templates: list[str]  # the prompt ensemble for this dataset
+    backbone: Backbone
+    train: FeatureSet  # support features, test transform, one row per support image
+    train_views: FeatureSet | None  # V augmented views of the support set (view-major), None if online
+    val: FeatureSet  # few-shot val features, test transform
+    train_images: ImageSource  # support images, for online augmentation or IMAGES methods
+    val_images: ImageSource  # few-shot val images
+    shots: int
+    seed: int
+    generator: torch.Generator  # seeded for this run; use it for every random draw
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dataset: str = ""
+    descriptions: dict[str, list[str]] | None = None  # class name -> descriptions, when available
+    progress: Callable[[int, str], Iterator[int]] | None = None
+    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
+
+    def epochs(self, n: int, description: str = "epochs") -> Iterator[int]:
+        """``range(n)`` with a progress bar owned by the harness."""
+        if self.progress is None:
+            return iter(range(n))
+        return self.progress(n, description)
+
+
+@dataclass
+class QueryBatch:
+    """A batch of query images to classify over ``classnames``.
+
+    For ``Needs.FEATURES`` methods ``features`` holds the frozen encoder's raw (unnormalised)
+    features; for ``Needs.IMAGES`` methods ``images`` holds preprocessed images (test
+    transform). Both are on the run's device.
+    """
+
+    classnames: list[str]
+    template: str
+    features: torch.Tensor | None = None  # (B, D)
+    images: torch.Tensor | None = None  # (B, 3, H, W)
+    templates: list[str] = field(default_factory=list)
+
+
+class Adapter(abc.ABC):
+    """One few-shot adaptation method.
+
+    Subclasses set ``config_cls`` (a frozen :class:`AdapterConfig` dataclass), ``needs`` and
+    ``supports_novel``, and implement :meth:`fit` and :meth:`predict`. The runner builds the
+    adapter as ``cls(config)``.
+    """
+
+    config_cls: ClassVar[type[AdapterConfig]] = AdapterConfig
+    needs: ClassVar[Needs] = Needs.FEATURES
+    supports_novel: ClassVar[bool] = True  # can it classify class names it was not trained on?
+
+    def __init__(self, config: AdapterConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_cls()
+
+    @abc.abstractmethod
+    def fit(self, ctx: FitContext) -> None:
+        """Learn from the support set (and, for selection, the few-shot val set)."""
+
+    @abc.abstractmethod
+    def predict(self, batch: QueryBatch) -> torch.Tensor:
+        """Logits of shape (B, len(batch.classnames))."""
+
+    def trainable_parameters(self) -> int:
+        """Number of learned scalars (reported as a cost). Default: parameters of nn.Modules
+        held as attributes that require grad, plus tensors the subclass lists itself."""
+        total = 0
+        for value in vars(self).values():
+            if isinstance(value, torch.nn.Module):
+                total += sum(p.numel() for p in value.parameters() if p.requires_grad)
+        return total
