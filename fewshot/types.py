@@ -123,7 +123,9 @@ class BackboneSpec:
     def safe_name(self) -> str:
         """Filesystem-safe form, used for cache and result paths."""
         if self.source == "local":
-            return safe_name(f"{self.arch}-local-{Path(self.pretrained).stem}-{stable_hash(self.pretrained, 8)}")
+            return safe_name(
+                f"{self.arch}-local-{Path(self.pretrained).stem}-{stable_hash(self.pretrained, 8)}"
+            )
         return safe_name(self.id)
 
     def __str__(self) -> str:
@@ -306,7 +308,9 @@ class AdapterConfig:
         return {}
 
     @classmethod
-    def build(cls, protocol: str = "fewshot", shots: int = 16, overrides: Mapping[str, Any] | None = None) -> Self:
+    def build(
+        cls, protocol: str = "fewshot", shots: int = 16, overrides: Mapping[str, Any] | None = None
+    ) -> Self:
         """Resolve defaults, preset and overrides into a config; unknown keys are an error."""
         names = [f.name for f in dataclasses.fields(cls)]
         hints = get_type_hints(cls)

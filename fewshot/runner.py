@@ -1,0 +1,365 @@
+"""Run one few-shot experiment, or a sweep of them.
+
+``run(spec)`` reads top to bottom: resolve the method and its config, load the backbone and
+the dataset, sample (or load) the few-shot task, build the FitContext from cached features,
+fit, then score every label space on the test split. ``sweep(specs)`` runs a grid, writing
+one record per run; a run whose record exists with the same spec hash is skipped, and a run
+that fails writes a failure record and the sweep goes on.
+
+The adapter never sees the test split: the FitContext is built from the support and val
+subsets only, and test features are passed to ``predict`` by this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from fewshot.types import FewshotError, FewShotTask, Item, LabelSpace, RunResult, RunSpec, Splits
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from fewshot.backbones import Backbone
+    from fewshot.datasets.base import Dataset
+    from fewshot.features import FeatureCache
+    from fewshot.methods.base import Adapter, FitContext
+
+__all__ = ["ProgressFn", "run", "sweep"]
+
+ProgressFn = Callable[[int, str], Iterator[int]]
+EVAL_BATCH = 1024
+
+
+def run(
+    spec: RunSpec,
+    *,
+    data_root: Path | None = None,
+    cache: FeatureCache | None = None,
+    progress: ProgressFn | None = None,
+) -> RunResult:
+    """Fit ``spec.method`` on one few-shot task and score it on the test split."""
+    from fewshot.backbones import load_backbone
+    from fewshot.datasets import get_dataset
+    from fewshot.features import FeatureCache
+    from fewshot.methods import METHODS
+    from fewshot.protocols import task_for
+
+    cache = cache if cache is not None else FeatureCache()
+    start, encoded_before = time.perf_counter(), cache.images_encoded
+    device = torch.device(spec.device)
+    _reset_peak_memory(device)
+
+    method_cls = METHODS.get(spec.method)
+    config = method_cls.config_cls.build(spec.protocol, spec.shots, dict(spec.overrides))
+    backbone = load_backbone(spec.backbone, device)
+    dataset = get_dataset(spec.dataset, data_root)
+    dspec, splits = dataset.spec(), dataset.splits()
+    task = task_for(dspec, splits, spec.protocol, spec.shots, spec.seed, cache.root)
+
+    _seed_everything(spec.seed)
+    ctx = _fit_context(spec, task, dataset, splits, backbone, cache, progress)
+    adapter = method_cls(config)
+    fit_start = time.perf_counter()
+    with _autocast(device)():
+        adapter.fit(ctx)
+    fit_time = time.perf_counter() - fit_start
+
+    metrics: dict[str, float | None] = {}
+    for space in task.eval_spaces:
+        if not adapter.supports_novel and not set(space.labels) <= set(task.train_space.labels):
+            metrics[space.name] = None  # not applicable: classes the method never saw
+            continue
+        metrics[space.name] = _evaluate(adapter, backbone, dataset, splits.test.items, space, cache)
+
+    costs = {
+        "wall_time_s": round(time.perf_counter() - start, 3),
+        "fit_time_s": round(fit_time, 3),
+        "peak_memory_mb": _peak_memory_mb(device),
+        "trainable_params": float(adapter.trainable_parameters()),
+        "images_encoded": float(cache.images_encoded - encoded_before),
+    }
+    provenance = _provenance(spec, task, dspec.version, dspec.split_source, backbone)
+    return RunResult(spec, "ok", metrics, costs, config.to_dict(), provenance)
+
+
+# ------------------------------------------------------------------------------------------
+# The pieces of run()
+
+
+def _seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch, as Dassl's set_random_seed does."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _fit_context(
+    spec: RunSpec,
+    task: FewShotTask,
+    dataset: Dataset,
+    splits: Splits,
+    backbone: Backbone,
+    cache: FeatureCache,
+    progress: ProgressFn | None,
+) -> FitContext:
+    """The support and val subsets as features and images; no test data."""
+    from fewshot.features import SubsetImages, encode_items, encode_views
+    from fewshot.methods.base import FitContext
+
+    dspec = dataset.spec()
+    relabel = task.train_space.relabel()
+    train_items = [splits.train.items[i] for i in task.train_ids]
+    val_items = [splits.val.items[i] for i in task.val_ids]
+    train = _relabelled(encode_items(backbone, dataset, train_items, cache=cache), relabel)
+    val = _relabelled(encode_items(backbone, dataset, val_items, cache=cache), relabel)
+    views = None
+    if spec.aug_views > 0:
+        views = _relabelled(
+            encode_views(backbone, dataset, train_items, spec.aug_views, cache=cache), relabel
+        )
+    generator = torch.Generator().manual_seed(spec.seed)
+    return FitContext(
+        classnames=[dspec.classnames[label] for label in task.train_space.labels],
+        template=dspec.template,
+        templates=list(dspec.templates),
+        backbone=backbone,
+        train=train,
+        train_views=views,
+        val=val,
+        train_images=SubsetImages(dataset, train_items, backbone, relabel),
+        val_images=SubsetImages(dataset, val_items, backbone, relabel),
+        shots=spec.shots,
+        seed=spec.seed,
+        generator=generator,
+        device=backbone.device,
+        dataset=spec.dataset,
+        progress=progress,
+        autocast=_autocast(backbone.device),
+    )
+
+
+def _relabelled(features: Any, relabel: dict[int, int]) -> Any:
+    labels = torch.tensor([relabel[int(label)] for label in features.labels], dtype=torch.long)
+    return replace(features, labels=labels)
+
+
+def _evaluate(
+    adapter: Adapter,
+    backbone: Backbone,
+    dataset: Dataset,
+    test_items: Sequence[Item],
+    space: LabelSpace,
+    cache: FeatureCache,
+) -> float:
+    """Top-1 accuracy (percent) of ``adapter`` on the test images of one label space."""
+    from fewshot.features import SubsetImages, encode_items
+    from fewshot.methods.base import Needs, QueryBatch
+    from fewshot.metrics import accuracy
+
+    dspec = dataset.spec()
+    relabel = space.relabel()
+    classnames = [dspec.classnames[label] for label in space.labels]
+    items = [item for item in test_items if item.label in relabel]
+    if not items:
+        raise FewshotError(f"{dataset.name}: the test split has no images of label space {space.name!r}.")
+    batch_args = {"classnames": classnames, "template": dspec.template, "templates": list(dspec.templates)}
+    logits: list[torch.Tensor] = []
+    with torch.no_grad(), _autocast(backbone.device)():
+        if adapter.needs is Needs.FEATURES:
+            # Features of the whole test split are cached once; the space is a subset of them.
+            feats = encode_items(backbone, dataset, list(test_items), cache=cache)
+            index = [i for i, item in enumerate(test_items) if item.label in relabel]
+            query = feats.features[index].to(backbone.device)
+            for chunk in query.split(EVAL_BATCH):
+                logits.append(adapter.predict(QueryBatch(features=chunk, **batch_args)).float().cpu())
+        else:
+            images = SubsetImages(dataset, items, backbone, relabel)
+            for batch, _ in images.loader(256, augment=False, shuffle=False):
+                batch = batch.to(backbone.device)
+                logits.append(adapter.predict(QueryBatch(images=batch, **batch_args)).float().cpu())
+            cache.images_encoded += len(items)
+    labels = torch.tensor([relabel[item.label] for item in items])
+    return accuracy(torch.cat(logits), labels)
+
+
+def _autocast(device: torch.device) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """Mixed precision on GPU (bf16 where supported), plain fp32 on CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return lambda: torch.autocast("cuda", dtype=dtype)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory of this run on CUDA; on CPU the process's peak resident size."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def _provenance(
+    spec: RunSpec, task: FewShotTask, version: str, split_source: str, backbone: Backbone
+) -> dict:
+    from fewshot.methods import METHODS
+    from fewshot.results import collect_provenance
+
+    origin = METHODS.origin(spec.method)
+    return collect_provenance(
+        device=str(backbone.device),
+        split_hash=task.split_hash,
+        subset_hash=task.subset_hash,
+        task_hash=task.hash,
+        dataset_version=version,
+        split_source=split_source,
+        backbone_digest=backbone.weights_digest,
+        method_origin={
+            "kind": origin.kind,
+            "target": origin.target,
+            "distribution": origin.distribution,
+            "version": origin.version,
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Sweeps
+
+
+def sweep(
+    specs: Sequence[RunSpec],
+    *,
+    results_dir: Path,
+    data_root: Path | None = None,
+    cache: FeatureCache | None = None,
+    console: Console | None = None,
+) -> list[RunResult]:
+    """Run every spec, writing one record each; skip runs already recorded.
+
+    Everything that can be checked before the first run (methods, datasets present,
+    backbones loadable, configs valid) is checked first, so bad input fails before anything
+    is written. A run that raises writes a failure record and the sweep goes on.
+    """
+    from rich.console import Console
+
+    from fewshot.features import FeatureCache
+    from fewshot.results import find_record, write_record
+
+    console = console or Console(stderr=True)
+    cache = cache if cache is not None else FeatureCache()
+    _preflight(specs, data_root)
+    results: list[RunResult] = []
+    with _SweepProgress(console, len(specs)) as bar:
+        for spec in specs:
+            previous = find_record(spec, results_dir)
+            if previous is not None and previous.ok:
+                results.append(previous)
+                bar.advance(f"{spec.variant} {spec.dataset} k{spec.shots} s{spec.seed}: recorded, skipped")
+                continue
+            bar.start(f"{spec.variant} {spec.dataset} k{spec.shots} s{spec.seed}")
+            result = _run_or_fail(spec, data_root, cache, bar.epochs)
+            write_record(result, spec.record_path(results_dir))
+            results.append(result)
+            bar.advance(_one_line(result))
+    return results
+
+
+def _run_or_fail(
+    spec: RunSpec, data_root: Path | None, cache: FeatureCache, progress: ProgressFn
+) -> RunResult:
+    try:
+        return run(spec, data_root=data_root, cache=cache, progress=progress)
+    except (KeyboardInterrupt, SystemExit):
+        raise  # an interrupted run leaves no record; rerunning the sweep resumes here
+    except Exception as exc:
+        from fewshot.results import collect_provenance
+
+        reason = f"{type(exc).__name__}: {exc}"
+        detail = "".join(traceback.format_exception(exc)[-6:])
+        return RunResult(spec, "failed", error=reason, provenance=collect_provenance(traceback=detail))
+
+
+def _preflight(specs: Sequence[RunSpec], data_root: Path | None) -> None:
+    """Fail fast, before any record is written, on input that would fail every run."""
+    from fewshot.backbones import load_backbone
+    from fewshot.datasets import get_dataset
+    from fewshot.methods import METHODS
+
+    problems: list[str] = []
+    for name in sorted({s.dataset for s in specs} | {t for s in specs for t in s.targets}):
+        dataset = get_dataset(name, data_root)
+        if not dataset.is_present():
+            problems.append(f"{name}: missing — {dataset.fix_hint()}")
+    if problems:
+        raise FewshotError("Datasets missing:\n  " + "\n  ".join(problems))
+    for spec in {(s.method, s.protocol, s.shots, s.overrides): s for s in specs}.values():
+        METHODS.get(spec.method).config_cls.build(spec.protocol, spec.shots, dict(spec.overrides))
+    for backbone, device in sorted({(s.backbone, s.device) for s in specs}):
+        load_backbone(backbone, device)
+
+
+def _one_line(result: RunResult) -> str:
+    spec = result.spec
+    head = f"{spec.variant} {spec.dataset} k{spec.shots} s{spec.seed}"
+    if not result.ok:
+        return f"{head}: [red]failed[/red] ({result.error})"
+    scores = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in result.metrics.items())
+    return f"{head}: {scores} ({result.costs.get('wall_time_s', 0):.1f}s)"
+
+
+class _SweepProgress:
+    """Rich progress: one bar for the sweep, one for the current run's epochs."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.sweep_task = self.progress.add_task("runs", total=total)
+
+    def __enter__(self) -> _SweepProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def start(self, description: str) -> None:
+        self.progress.update(self.sweep_task, description=f"runs · {description}")
+
+    def advance(self, line: str) -> None:
+        self.console.print(line)
+        self.progress.advance(self.sweep_task)
+
+    def epochs(self, n: int, description: str) -> Iterator[int]:
+        task = self.progress.add_task(f"  {description}", total=n)
+        try:
+            for i in range(n):
+                yield i
+                self.progress.advance(task)
+        finally:
+            self.progress.remove_task(task)
