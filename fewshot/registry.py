@@ -147,7 +147,9 @@ class Registry(Generic[T]):
     def origin(self, name: str) -> Origin:
         if name.endswith(".py") or ".py:" in name:
             return Origin("file", name)
-        self.get(name)
+        self._load_plugins()
+        if name not in self._origins:
+            raise ConfigError(self._unknown_message(name))
         return self._origins[name]
 
     def get(self, name: str) -> T:
