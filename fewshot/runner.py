@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fewshot.types import FewshotError, FewShotTask, Item, LabelSpace, RunResult, RunSpec, Splits
+from fewshot.types import FewshotError, FewShotTask, LabelSpace, RunResult, RunSpec, Split, Splits
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -81,7 +81,7 @@ def run(
         if not adapter.supports_novel and not set(space.labels) <= set(task.train_space.labels):
             metrics[space.name] = None  # not applicable: classes the method never saw
             continue
-        metrics[space.name] = _evaluate(adapter, backbone, dataset, splits.test.items, space, cache)
+        metrics[space.name] = _evaluate(adapter, backbone, dataset, splits.test, space, cache)
 
     costs = {
         "wall_time_s": round(time.perf_counter() - start, 3),
@@ -122,12 +122,13 @@ def _fit_context(
     relabel = task.train_space.relabel()
     train_items = [splits.train.items[i] for i in task.train_ids]
     val_items = [splits.val.items[i] for i in task.val_ids]
-    train = _relabelled(encode_items(backbone, dataset, train_items, cache=cache), relabel)
-    val = _relabelled(encode_items(backbone, dataset, val_items, cache=cache), relabel)
+    train_hash, val_hash = splits.train.hash, splits.val.hash
+    train = encode_items(backbone, dataset, train_items, cache=cache, split_hash=train_hash)
+    val = encode_items(backbone, dataset, val_items, cache=cache, split_hash=val_hash)
     views = None
     if spec.aug_views > 0:
-        views = _relabelled(
-            encode_views(backbone, dataset, train_items, spec.aug_views, cache=cache), relabel
+        views = encode_views(
+            backbone, dataset, train_items, spec.aug_views, cache=cache, split_hash=train_hash
         )
     generator = torch.Generator().manual_seed(spec.seed)
     return FitContext(
@@ -135,9 +136,9 @@ def _fit_context(
         template=dspec.template,
         templates=list(dspec.templates),
         backbone=backbone,
-        train=train,
-        train_views=views,
-        val=val,
+        train=_relabelled(train, relabel),
+        train_views=_relabelled(views, relabel) if views is not None else None,
+        val=_relabelled(val, relabel),
         train_images=SubsetImages(dataset, train_items, backbone, relabel),
         val_images=SubsetImages(dataset, val_items, backbone, relabel),
         shots=spec.shots,
@@ -159,7 +160,7 @@ def _evaluate(
     adapter: Adapter,
     backbone: Backbone,
     dataset: Dataset,
-    test_items: Sequence[Item],
+    test: Split,
     space: LabelSpace,
     cache: FeatureCache,
 ) -> float:
@@ -171,25 +172,26 @@ def _evaluate(
     dspec = dataset.spec()
     relabel = space.relabel()
     classnames = [dspec.classnames[label] for label in space.labels]
-    items = [item for item in test_items if item.label in relabel]
+    items = [item for item in test.items if item.label in relabel]
     if not items:
         raise FewshotError(f"{dataset.name}: the test split has no images of label space {space.name!r}.")
     batch_args = {"classnames": classnames, "template": dspec.template, "templates": list(dspec.templates)}
     logits: list[torch.Tensor] = []
-    with torch.no_grad(), _autocast(backbone.device)():
-        if adapter.needs is Needs.FEATURES:
-            # Features of the whole test split are cached once; the space is a subset of them.
-            feats = encode_items(backbone, dataset, list(test_items), cache=cache)
-            index = [i for i, item in enumerate(test_items) if item.label in relabel]
-            query = feats.features[index].to(backbone.device)
-            for chunk in query.split(EVAL_BATCH):
+    if adapter.needs is Needs.FEATURES:
+        # Features of the whole test split are cached once (fp32, like the support features);
+        # a label space is a subset of them.
+        feats = encode_items(backbone, dataset, test, cache=cache)
+        index = [i for i, item in enumerate(test.items) if item.label in relabel]
+        with torch.no_grad(), _autocast(backbone.device)():
+            for chunk in feats.features[index].to(backbone.device).split(EVAL_BATCH):
                 logits.append(adapter.predict(QueryBatch(features=chunk, **batch_args)).float().cpu())
-        else:
-            images = SubsetImages(dataset, items, backbone, relabel)
+    else:
+        images = SubsetImages(dataset, items, backbone, relabel)
+        with torch.no_grad(), _autocast(backbone.device)():
             for batch, _ in images.loader(256, augment=False, shuffle=False):
-                batch = batch.to(backbone.device)
-                logits.append(adapter.predict(QueryBatch(images=batch, **batch_args)).float().cpu())
-            cache.images_encoded += len(items)
+                query = QueryBatch(images=batch.to(backbone.device), **batch_args)
+                logits.append(adapter.predict(query).float().cpu())
+        cache.images_encoded += len(items)
     labels = torch.tensor([relabel[item.label] for item in items])
     return accuracy(torch.cat(logits), labels)
 

@@ -38,13 +38,20 @@ class ImageSource(Protocol):
     ``loader`` yields ``(images, labels)`` batches: images preprocessed to a float tensor
     (B, 3, H, W) on CPU, labels relabelled to the training label space. With
     ``augment=True`` every pass draws fresh training augmentations (Dassl's random resized
-    crop + flip); with ``augment=False`` the test transform is used.
+    crop + flip); with ``augment=False`` the test transform is used. ``drop_last`` drops a
+    last incomplete batch (Dassl does so for training when the set holds a full batch).
     """
 
     def __len__(self) -> int: ...
 
     def loader(
-        self, batch_size: int, *, augment: bool, shuffle: bool, generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        *,
+        augment: bool,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
     ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
 
 

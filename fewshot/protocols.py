@@ -1,0 +1,291 @@
+"""Evaluation protocols: Dassl few-shot sampling, label spaces, and stored subsets.
+
+Sampling (METHODS.md §1.1), so that seed ``s`` picks the same images as the CoOp code base
+given the same split:
+
+1. ``rng = random.Random(seed)`` (Dassl seeds Python's global ``random`` with the run seed
+   right before sampling, and nothing else draws from it in between).
+2. Train: group the train items by label in order of first appearance; per label
+   ``rng.sample(indices, K)``; a class with fewer than K items keeps all of them (Dassl's
+   ``repeat=False``, which every CoOp dataset reader uses).
+3. Val: the same rule on the val split with ``min(K, 4)`` per class, with the same ``rng``,
+   after train.
+
+``random.sample`` draws depend only on the population size, so sampling positions gives the
+same picks as Dassl sampling its ``Datum`` objects.
+
+Protocols (METHODS.md §1.2-1.5): ``fewshot``, ``cross-dataset`` and ``domain-generalization``
+train on all classes and evaluate the ``all`` space (target datasets are added by the runner);
+``base2novel`` samples over all classes first, then keeps only base-class items (base = first
+``ceil(n/2)`` of the sorted label ids of the train split, novel = the rest) and evaluates
+``base`` and ``novel``.
+
+Stored subsets: the sample of one (split, K, seed) does not depend on the protocol (every
+protocol samples over all classes first), so it is stored once, as CoOp stores
+``split_fewshot/shot_K-seed_S.pkl``, but as JSON with its hash:
+``<cache root>/subsets/<dataset>/<split hash>/shot_K-seed_S.json``. :func:`task_for` loads it
+when present and valid, or samples and stores it (atomic write).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from fewshot.types import (
+    PROTOCOLS,
+    ConfigError,
+    DatasetSpec,
+    FewshotError,
+    FewShotTask,
+    LabelSpace,
+    Split,
+    Splits,
+    safe_name,
+    stable_hash,
+)
+
+__all__ = [
+    "SUBSET_FORMAT",
+    "Subset",
+    "base_novel_labels",
+    "label_spaces",
+    "load_subset",
+    "make_task",
+    "sample_fewshot",
+    "sample_subset",
+    "save_subset",
+    "subset_path",
+    "task_for",
+]
+
+SUBSET_FORMAT = 1
+_RULE = (
+    "dassl: random.Random(seed); per label in order of first appearance random.sample(K), "
+    "all if fewer; train K then val min(K, 4)"
+)
+
+
+@dataclass(frozen=True)
+class Subset:
+    """The sampled support (train) and val indices of one (splits, K, seed), over all classes."""
+
+    dataset: str
+    split_hash: str  # Splits.hash of the splits sampled from
+    shots: int
+    seed: int
+    train_ids: tuple[int, ...]  # indices into splits.train, in Dassl order
+    val_ids: tuple[int, ...]  # indices into splits.val, in Dassl order
+
+    @cached_property
+    def hash(self) -> str:
+        return stable_hash(
+            [
+                SUBSET_FORMAT,
+                self.dataset,
+                self.split_hash,
+                self.shots,
+                self.seed,
+                self.train_ids,
+                self.val_ids,
+            ]
+        )
+
+
+def _check_shots(shots: int) -> None:
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise ConfigError(f"shots must be a positive integer, got {shots!r}. Standard: 1,2,4,8,16.")
+
+
+def sample_fewshot(split: Split, shots: int, seed: int, rng: random.Random | None = None) -> list[int]:
+    """Indices into ``split`` of a K-shot sample by the Dassl rule (module docstring).
+
+    With ``rng`` given, draws come from it and ``seed`` is ignored (so train and val can share
+    one generator, as in Dassl); otherwise from ``random.Random(seed)``.
+    """
+    _check_shots(shots)
+    rng = rng if rng is not None else random.Random(seed)
+    by_label: dict[int, list[int]] = {}  # dicts keep insertion order = first appearance
+    for index, item in enumerate(split.items):
+        by_label.setdefault(item.label, []).append(index)
+    picked: list[int] = []
+    for indices in by_label.values():
+        picked.extend(rng.sample(indices, shots) if len(indices) >= shots else indices)
+    return picked
+
+
+def sample_subset(dataset: str, splits: Splits, shots: int, seed: int) -> Subset:
+    """Sample train (K per class) then val (min(K, 4) per class) with one ``Random(seed)``."""
+    _check_shots(shots)
+    if len(splits.train) == 0:
+        raise FewshotError(
+            f"The train split of {dataset} is empty; check its split file (`fewshot data check`)."
+        )
+    rng = random.Random(seed)
+    train = sample_fewshot(splits.train, shots, seed, rng)
+    val = sample_fewshot(splits.val, min(shots, 4), seed, rng)
+    return Subset(dataset, splits.hash, shots, seed, tuple(train), tuple(val))
+
+
+def base_novel_labels(labels: list[int] | tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Split label ids into base (first ceil(n/2) of the sorted ids) and novel (the rest)."""
+    ordered = sorted(set(labels))
+    m = math.ceil(len(ordered) / 2)
+    return tuple(ordered[:m]), tuple(ordered[m:])
+
+
+def label_spaces(
+    spec: DatasetSpec, splits: Splits, protocol: str
+) -> tuple[LabelSpace, tuple[LabelSpace, ...]]:
+    """The train label space and the evaluated label spaces of ``protocol`` on ``spec``."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"Unknown protocol {protocol!r}. Protocols: {', '.join(PROTOCOLS)}.")
+    train_labels = set(splits.train.labels)
+    bad = sorted(label for label in train_labels if not 0 <= label < spec.num_classes)
+    if bad:
+        raise FewshotError(
+            f"{spec.name}: train labels {bad[:5]} are outside 0..{spec.num_classes - 1} "
+            "(the class-name list); the split file and the dataset's class names disagree."
+        )
+    if protocol == "base2novel":
+        # Dassl's subsample_classes takes the labels present in the train data.
+        base, novel = base_novel_labels(sorted(train_labels))
+        base_space = LabelSpace("base", spec.name, base)
+        return base_space, (base_space, LabelSpace("novel", spec.name, novel))
+    everything = LabelSpace("all", spec.name, tuple(range(spec.num_classes)))
+    return everything, (everything,)
+
+
+def make_task(
+    spec: DatasetSpec, splits: Splits, protocol: str, shots: int, seed: int, subset: Subset | None = None
+) -> FewShotTask:
+    """The few-shot task of (protocol, K, seed); samples unless a matching ``subset`` is given."""
+    train_space, eval_spaces = label_spaces(spec, splits, protocol)
+    if subset is None:
+        subset = sample_subset(spec.name, splits, shots, seed)
+    elif (subset.split_hash, subset.shots, subset.seed) != (splits.hash, shots, seed):
+        raise ValueError("make_task: the subset was sampled for other splits, shots or seed.")
+    keep = set(train_space.labels)
+    # Restricting after sampling over all classes is the base-to-novel order (METHODS.md §1.3).
+    train_ids = tuple(i for i in subset.train_ids if splits.train.items[i].label in keep)
+    val_ids = tuple(i for i in subset.val_ids if splits.val.items[i].label in keep)
+    return FewShotTask(
+        dataset=spec.name,
+        protocol=protocol,
+        shots=shots,
+        seed=seed,
+        split_hash=splits.hash,
+        train_ids=train_ids,
+        val_ids=val_ids,
+        train_space=train_space,
+        eval_spaces=eval_spaces,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Stored subsets
+
+
+def subset_path(cache_root: Path, dataset: str, split_hash: str, shots: int, seed: int) -> Path:
+    """``<cache_root>/subsets/<dataset>/<split_hash>/shot_K-seed_S.json``."""
+    return Path(cache_root) / "subsets" / safe_name(dataset) / split_hash / f"shot_{shots}-seed_{seed}.json"
+
+
+def save_subset(subset: Subset, path: Path, splits: Splits | None = None) -> None:
+    """Write ``subset`` as JSON with its hash, atomically; with ``splits``, list the items too."""
+    data: dict[str, Any] = {
+        "format": SUBSET_FORMAT,
+        "rule": _RULE,
+        "dataset": subset.dataset,
+        "split_hash": subset.split_hash,
+        "shots": subset.shots,
+        "seed": subset.seed,
+        "train_ids": list(subset.train_ids),
+        "val_ids": list(subset.val_ids),
+        "hash": subset.hash,
+    }
+    if splits is not None:  # for people reading the file; loading uses the ids only
+        data["train_items"] = [
+            [splits.train.items[i].path, splits.train.items[i].label] for i in subset.train_ids
+        ]
+        data["val_items"] = [[splits.val.items[i].path, splits.val.items[i].label] for i in subset.val_ids]
+    _write_text_atomic(Path(path), json.dumps(data, indent=1))
+
+
+def load_subset(path: Path) -> Subset:
+    """Read a subset file; raise :class:`FewshotError` if it is unreadable or its hash is wrong."""
+    try:
+        data = json.loads(Path(path).read_text())
+        subset = Subset(
+            dataset=str(data["dataset"]),
+            split_hash=str(data["split_hash"]),
+            shots=int(data["shots"]),
+            seed=int(data["seed"]),
+            train_ids=tuple(int(i) for i in data["train_ids"]),
+            val_ids=tuple(int(i) for i in data["val_ids"]),
+        )
+        stored_hash = data["hash"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FewshotError(f"Unreadable few-shot subset file {path}: {exc}. Delete it to resample.") from exc
+    if data.get("format") != SUBSET_FORMAT or stored_hash != subset.hash:
+        raise FewshotError(f"Few-shot subset file {path} does not match its hash. Delete it to resample.")
+    return subset
+
+
+def task_for(
+    spec: DatasetSpec, splits: Splits, protocol: str, shots: int, seed: int, cache_root: Path
+) -> FewShotTask:
+    """:func:`make_task` with the subset loaded from ``cache_root`` (or sampled and stored there).
+
+    A stored file that is unreadable, fails its hash, or does not fit these splits is reported
+    with a warning and replaced by a fresh sample.
+    """
+    _check_shots(shots)
+    path = subset_path(cache_root, spec.name, splits.hash, shots, seed)
+    subset: Subset | None = None
+    if path.exists():
+        try:
+            subset = load_subset(path)
+            _check_fits(subset, splits, spec.name, shots, seed)
+        except FewshotError as exc:
+            warnings.warn(f"{exc} Resampling.", stacklevel=2)
+            subset = None
+    if subset is None:
+        subset = sample_subset(spec.name, splits, shots, seed)
+        save_subset(subset, path, splits)
+    return make_task(spec, splits, protocol, shots, seed, subset)
+
+
+def _check_fits(subset: Subset, splits: Splits, dataset: str, shots: int, seed: int) -> None:
+    fits = (
+        (subset.dataset, subset.split_hash, subset.shots, subset.seed) == (dataset, splits.hash, shots, seed)
+        and all(0 <= i < len(splits.train) for i in subset.train_ids)
+        and all(0 <= i < len(splits.val) for i in subset.val_ids)
+    )
+    if not fits:
+        raise FewshotError(
+            f"Few-shot subset file for {dataset} K={shots} seed={seed} does not fit the splits."
+        )
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder, then rename over ``path`` (atomic on POSIX/NTFS)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
