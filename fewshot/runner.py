@@ -91,6 +91,7 @@ def run(
         "images_encoded": float(cache.images_encoded - encoded_before),
     }
     provenance = _provenance(spec, task, dspec.version, dspec.split_source, backbone)
+    provenance["method_version"] = method_cls.version
     return RunResult(spec, "ok", metrics, costs, config.to_dict(), provenance)
 
 
@@ -219,11 +220,9 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def _provenance(
     spec: RunSpec, task: FewShotTask, version: str, split_source: str, backbone: Backbone
-) -> dict:
-    from fewshot.methods import METHODS
-    from fewshot.results import collect_provenance
+) -> dict[str, Any]:
+    from fewshot.results import collect_provenance, method_origin
 
-    origin = METHODS.origin(spec.method)
     return collect_provenance(
         device=str(backbone.device),
         split_hash=task.split_hash,
@@ -232,12 +231,7 @@ def _provenance(
         dataset_version=version,
         split_source=split_source,
         backbone_digest=backbone.weights_digest,
-        method_origin={
-            "kind": origin.kind,
-            "target": origin.target,
-            "distribution": origin.distribution,
-            "version": origin.version,
-        },
+        method_origin=method_origin(spec.method),
     )
 
 

@@ -1,0 +1,400 @@
+"""Result records: atomic JSON I/O, provenance, and loading into pandas.
+
+One JSON file per run (``RunSpec.record_path``), written atomically and never edited. The
+record format is :meth:`fewshot.types.RunResult.to_dict`; ``schema_version`` says which
+format a file uses, and a file newer than this code is refused rather than misread.
+
+The keys of ``RunResult.provenance`` (the runner fills them, mostly through
+:func:`collect_provenance`) are listed in :data:`PROVENANCE_KEYS`; the keys of
+``RunResult.costs`` in :data:`COST_KEYS`.
+
+pandas is imported inside the functions that build frames, so that importing this module
+stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import fewshot
+from fewshot.types import FewshotError, RunResult, RunSpec, stable_hash
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "COST_KEYS",
+    "PROVENANCE_KEYS",
+    "RECORD_COLUMNS",
+    "SCHEMA_VERSION",
+    "atomic_write_text",
+    "collect_provenance",
+    "find_record",
+    "iter_records",
+    "load_records",
+    "method_origin",
+    "read_record",
+    "records_frame",
+    "write_record",
+]
+
+SCHEMA_VERSION = 1  # the newest RunResult.schema_version this code reads
+
+PROVENANCE_KEYS = (
+    "fewshot_version",
+    "git_hash",
+    "git_dirty",
+    "torch",
+    "open_clip",
+    "python",
+    "platform",
+    "date",
+    "device",
+    "split_hash",
+    "subset_hash",
+    "task_hash",
+    "dataset_version",
+    "split_source",
+    "backbone_digest",
+    "method_origin",  # {kind, target, distribution, version}
+)
+
+COST_KEYS = ("wall_time_s", "fit_time_s", "peak_memory_mb", "trainable_params", "images_encoded")
+
+# Columns of load_records / records_frame, in order: one row per (run, label space).
+RECORD_COLUMNS = (
+    "method",
+    "variant",
+    "dataset",
+    "backbone",
+    "protocol",
+    "shots",
+    "seed",
+    "aug_views",
+    "space",
+    "accuracy",
+    "applicable",
+    "status",
+    "error",
+    "spec_hash",
+    "config_hash",
+    "split_hash",
+    "subset_hash",
+    "task_hash",
+    "dataset_version",
+    "split_source",
+    "method_version",
+    "method_kind",
+    "fewshot_version",
+    "git_hash",
+    "git_dirty",
+    "backbone_digest",
+    "device",
+    "date",
+    *COST_KEYS,
+    "schema_version",
+    "path",
+)
+
+
+# ------------------------------------------------------------------------------------------
+# Atomic I/O
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every OS (Windows), hence best effort.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(fh)`` on a temp file beside ``path``, fsync, then rename over ``path``.
+
+    A failure at any point removes the temp file and leaves an existing ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory, so os.replace is a rename within one filesystem (atomic).
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    _atomic_write(path, lambda fh: fh.write(text))
+
+
+def write_record(result: RunResult, path: Path) -> None:
+    """Write a run's record as JSON (indent 2, sorted keys), atomically.
+
+    The JSON is streamed into the temp file, so a value that cannot be serialised fails the
+    write without touching a previous record at ``path``.
+    """
+
+    def dump(fh: Any) -> None:
+        # allow_nan=False: NaN is not JSON; a NaN metric is a bug upstream, not data.
+        json.dump(result.to_dict(), fh, indent=2, sort_keys=True, allow_nan=False)
+        fh.write("\n")
+
+    _atomic_write(path, dump)
+
+
+def read_record(path: Path) -> RunResult:
+    """Read one record; raise :class:`FewshotError` naming the file if it is unusable."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FewshotError(f"Result record {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FewshotError(
+            f"Result record {path} is not valid JSON ({exc}). Delete it to re-run that run."
+        ) from None
+    if not isinstance(data, dict):
+        raise FewshotError(f"Result record {path} does not hold a JSON object. Delete it to re-run that run.")
+    schema = data.get("schema_version", 1)
+    if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+        raise FewshotError(
+            f"Result record {path} has schema version {schema!r}; this fewshot reads up to "
+            f"{SCHEMA_VERSION}. Upgrade fewshot to read it."
+        )
+    try:
+        return RunResult.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FewshotError(
+            f"Result record {path} does not match the record format ({type(exc).__name__}: {exc}). "
+            "Delete it to re-run that run."
+        ) from None
+
+
+def find_record(spec: RunSpec, results_dir: Path) -> RunResult | None:
+    """The record of ``spec`` under ``results_dir``, if one exists for this exact spec.
+
+    Returns ``None`` when there is no file, when the file belongs to a different spec hash
+    (e.g. other evaluation targets), or when it is unreadable (a warning names it; the file
+    is left in place and will be replaced atomically by the new run). Failure records are
+    returned as they are: ``result.ok`` tells the caller whether to retry.
+    """
+    path = spec.record_path(results_dir)
+    if not path.is_file():
+        return None
+    try:
+        result = read_record(path)
+    except FewshotError as exc:
+        warnings.warn(str(exc), stacklevel=2)
+        return None
+    return result if result.spec.hash == spec.hash else None
+
+
+def _iter_paths(results_dir: Path) -> Iterator[tuple[Path, RunResult]]:
+    root = Path(results_dir)
+    if not root.is_dir():
+        return
+    # Sorted so that every consumer (leaderboard, tests) sees records in the same order.
+    for path in sorted(root.rglob("*.json")):
+        if path.name.startswith("."):
+            continue  # temp files of writes in progress
+        try:
+            yield path, read_record(path)
+        except FewshotError as exc:
+            warnings.warn(f"Skipping unreadable record: {exc}", stacklevel=3)
+
+
+def iter_records(results_dir: Path) -> Iterator[RunResult]:
+    """Every readable record under ``results_dir``, in path order.
+
+    Unreadable files are skipped with a warning naming them; nothing is ever deleted.
+    """
+    for _, result in _iter_paths(results_dir):
+        yield result
+
+
+# ------------------------------------------------------------------------------------------
+# Frames
+
+
+def _run_columns(result: RunResult, path: Path | None) -> dict[str, Any]:
+    spec, prov, costs = result.spec, result.provenance, result.costs
+    origin = prov.get("method_origin") or {}
+    row: dict[str, Any] = {
+        "method": spec.method,
+        "variant": spec.variant,
+        "dataset": spec.dataset,
+        "backbone": spec.backbone,
+        "protocol": spec.protocol,
+        "shots": spec.shots,
+        "seed": spec.seed,
+        "aug_views": spec.aug_views,
+        "status": result.status,
+        "error": result.error,
+        "spec_hash": spec.hash,
+        "config_hash": stable_hash(result.config) if result.config else None,
+        # A plugin's version is its distribution's; built-ins have none of their own (None)
+        # unless the runner records "method_version": they change with fewshot_version/git_hash.
+        "method_version": prov.get("method_version") or origin.get("version"),
+        "method_kind": origin.get("kind"),
+        "schema_version": result.schema_version,
+        "path": str(path) if path is not None else None,
+    }
+    for key in (
+        "split_hash",
+        "subset_hash",
+        "task_hash",
+        "dataset_version",
+        "split_source",
+        "fewshot_version",
+        "git_hash",
+        "git_dirty",
+        "backbone_digest",
+        "device",
+        "date",
+    ):
+        row[key] = prov.get(key)
+    for key in COST_KEYS:
+        value = costs.get(key)
+        row[key] = float(value) if value is not None else math.nan
+    return row
+
+
+def _rows(result: RunResult, path: Path | None) -> list[dict[str, Any]]:
+    base = _run_columns(result, path)
+    if not result.metrics:
+        # A failed run (or one that measured nothing) still gets a row, so it can be listed.
+        return [{**base, "space": "", "accuracy": math.nan, "applicable": False}]
+    rows = []
+    for space, value in sorted(result.metrics.items()):
+        rows.append(
+            {
+                **base,
+                "space": space,
+                "accuracy": float(value) if value is not None else math.nan,
+                "applicable": value is not None,
+            }
+        )
+    return rows
+
+
+def records_frame(results: Iterable[RunResult], paths: Iterable[Path | None] | None = None) -> pd.DataFrame:
+    """One row per (run, label space) of ``results``; columns :data:`RECORD_COLUMNS`.
+
+    ``accuracy`` is NaN where the space is not applicable (``applicable`` False) and for a
+    failed run, which has one row with ``space`` "".
+    """
+    import pandas as pd
+
+    results = list(results)
+    path_list = list(paths) if paths is not None else [None] * len(results)
+    rows = [row for result, path in zip(results, path_list, strict=True) for row in _rows(result, path)]
+    frame = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
+    return frame.astype(
+        {"shots": "int64", "seed": "int64", "aug_views": "int64", "accuracy": "float64", "applicable": "bool"}
+    )
+
+
+def load_records(results_dir: Path) -> pd.DataFrame:
+    """All readable records under ``results_dir`` as a frame (see :func:`records_frame`)."""
+    pairs = list(_iter_paths(results_dir))
+    return records_frame([r for _, r in pairs], [p for p, _ in pairs])
+
+
+# ------------------------------------------------------------------------------------------
+# Provenance
+
+
+def _dist_version(name: str) -> str | None:
+    # Read from package metadata: importing torch just to ask its version costs seconds.
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@lru_cache(maxsize=1)
+def _git_state() -> tuple[str | None, bool | None]:
+    """(HEAD hash, dirty) of the fewshot source tree, or (None, None) if not a git checkout.
+
+    Cached for the process: the code that runs is the code imported at start-up.
+    """
+    package_dir = Path(fewshot.__file__).resolve().parent
+    checkout = package_dir.parent
+    top = _git(["rev-parse", "--show-toplevel"], checkout)
+    # An installed package inside some other repository (a venv in a project) is not a checkout.
+    if top is None or Path(top).resolve() != checkout:
+        return None, None
+    head = _git(["rev-parse", "HEAD"], checkout)
+    if head is None:
+        return None, None
+    status = _git(["status", "--porcelain", "--", str(package_dir)], checkout)
+    return head, (bool(status) if status is not None else None)
+
+
+def collect_provenance(**extra: Any) -> dict[str, Any]:
+    """Versions and environment for a result record; ``extra`` keys are added (and win).
+
+    Fills fewshot_version, git_hash, git_dirty, torch, open_clip, python, platform and date
+    (UTC, ISO 8601). The runner adds device, split/subset/task hashes, dataset version,
+    split source, backbone digest and method origin (see :data:`PROVENANCE_KEYS`).
+    """
+    git_hash, git_dirty = _git_state()
+    prov: dict[str, Any] = {
+        "fewshot_version": fewshot.__version__,
+        "git_hash": git_hash,
+        "git_dirty": git_dirty,
+        "torch": _dist_version("torch"),
+        "open_clip": _dist_version("open_clip_torch"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    prov.update(extra)
+    return prov
+
+
+def method_origin(method: str) -> dict[str, Any]:
+    """``{kind, target, distribution, version}`` of a registered method (or file target)."""
+    from fewshot.methods import METHODS
+
+    origin = METHODS.origin(method)
+    return {
+        "kind": origin.kind,
+        "target": origin.target,
+        "distribution": origin.distribution,
+        "version": origin.version,
+    }

@@ -1,0 +1,232 @@
+"""The CLI through typer's CliRunner: validation before any run, the RunSpecs it builds
+(with ``fewshot.runner.sweep`` patched), list, leaderboard and cache commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from typer.testing import CliRunner
+
+import fewshot
+import fewshot.runner
+from fewshot.cli import app
+from fewshot.results import write_record
+from fewshot.types import RunResult, RunSpec
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def sweep_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
+    """Patch the sweep the CLI calls; record its arguments; return ok results."""
+    calls: list[dict[str, Any]] = []
+
+    def fake_sweep(specs: list[RunSpec], **kwargs: Any) -> list[RunResult]:
+        calls.append({"specs": list(specs), **kwargs})
+        return [RunResult(s, metrics={"all": 50.0 + s.seed}) for s in specs]
+
+    monkeypatch.setattr(fewshot.runner, "sweep", fake_sweep)
+    monkeypatch.delenv("FEWSHOT_DATA", raising=False)
+    monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
+    return calls
+
+
+def expected_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "coopp", "-d", "toy-shapes"], "Unknown method 'coopp'. Did you mean coop?"),
+        (["-m", "coop", "-d", "toy-shapes", "--shots", "0"], "--shots takes positive integers"),
+        (["-m", "coop", "-d", "toy-shape"], "Unknown dataset or suite 'toy-shape'. Did you mean toy-shapes"),
+        (["-m", "coop", "-d", "toy-shapes", "--backbone", "ViT-B-16"], "Bad backbone id 'ViT-B-16'"),
+        (["-m", "coop", "-d", "toy-shapes", "--set", "lr"], "Bad --set 'lr': write key=value"),
+        (
+            ["-m", "coop", "-d", "toy-shapes", "--set", "n_ctxx=4"],
+            "has no setting 'n_ctxx'. Did you mean n_ctx?",
+        ),
+        (["-m", "coop", "-d", "toy-shapes", "--protocol", "b2n"], "Unknown protocol 'b2n'"),
+        (["-m", "coop", "-d", "toy-shapes", "--aug-views", "many"], "--aug-views takes an integer"),
+    ],
+)
+def test_run_rejects_bad_input_before_running(
+    sweep_calls: list, tmp_path: Path, args: list[str], message: str
+) -> None:
+    results = tmp_path / "runs"
+    out = runner.invoke(app, ["run", *args, "--results", str(results)])
+    assert out.exit_code == 2
+    lines = error_lines(out.output)
+    assert len(lines) == 1, out.output
+    assert lines[0].startswith("Error: ") and message in lines[0]
+    assert "Traceback" not in out.output
+    assert sweep_calls == [] and not results.exists() and not (tmp_path / "cache").exists()
+
+
+def test_run_reports_every_problem_at_once(sweep_calls: list, tmp_path: Path) -> None:
+    out = runner.invoke(app, ["run", "-m", "nope", "-d", "toy-shapes", "--shots", "0", "--seeds", "x"])
+    assert out.exit_code == 2
+    assert len(error_lines(out.output)) == 3 and sweep_calls == []
+
+
+def test_run_builds_the_grid(sweep_calls: list, tmp_path: Path) -> None:
+    results = tmp_path / "runs"
+    out = runner.invoke(
+        app, f"run -m coop --shots 1,16 --seeds 1,2 -d toy-shapes --results {results}".split()
+    )
+    assert out.exit_code == 0, out.output
+    (call,) = sweep_calls
+    device = expected_device()
+    assert call["specs"] == [
+        RunSpec("coop", "toy-shapes", shots=1, seed=1, backbone="toy", device=device),
+        RunSpec("coop", "toy-shapes", shots=1, seed=2, backbone="toy", device=device),
+        RunSpec("coop", "toy-shapes", shots=16, seed=1, backbone="toy", device=device),
+        RunSpec("coop", "toy-shapes", shots=16, seed=2, backbone="toy", device=device),
+    ]
+    assert call["results_dir"] == results and call["data_root"] is None
+    assert Path(call["cache"].root) == tmp_path / "cache"
+    assert call["console"] is not None
+    assert "No dataset given" not in out.output
+    assert "toy-shapes" in out.output and "Summary" in out.output  # the summary table
+
+
+def test_run_defaults_to_toy_suite_with_one_notice(sweep_calls: list, tmp_path: Path) -> None:
+    out = runner.invoke(app, ["run", "--results", str(tmp_path / "runs")])
+    assert out.exit_code == 0, out.output
+    specs = sweep_calls[0]["specs"]
+    toy = ["toy-shapes", "toy-colors", "toy-textures", "toy-objects"]
+    assert [s.dataset for s in specs[:12:3]] == toy  # method-major, then dataset, then seeds
+    assert {s.method for s in specs} == {"zeroshot", "linear-probe", "coop"}
+    assert len(specs) == 3 * 4 * 1 * 3
+    assert {(s.backbone, s.shots, s.protocol, s.aug_views) for s in specs} == {("toy", 16, "fewshot", 10)}
+    assert sorted({s.seed for s in specs}) == [1, 2, 3]
+    notices = [line for line in out.output.splitlines() if "No dataset given" in line]
+    assert len(notices) == 1
+    assert "toy suite" in notices[0] and "--suite coop11 --backbone ViT-B-16:openai --data-root" in notices[0]
+
+
+def test_run_options_reach_the_specs(sweep_calls: list, tmp_path: Path) -> None:
+    args = (
+        "run -m coop,zeroshot -m linear-probe --suite toy-shift --seeds 3 --set coop.n_ctx=4 --device cpu "
+        f"--aug-views online --protocol base2novel --backbone ViT-B-16:openai --data-root {tmp_path}"
+    )
+    out = runner.invoke(app, args.split())
+    assert out.exit_code == 0, out.output
+    specs = {s.method: s for s in sweep_calls[0]["specs"]}
+    assert list(specs) == ["coop", "zeroshot", "linear-probe"]
+    assert specs["coop"].overrides == (("n_ctx", "4"),) and specs["zeroshot"].overrides == ()
+    assert specs["coop"].variant == "coop[n_ctx=4,aug_views=online]"
+    assert {(s.aug_views, s.device, s.dataset) for s in specs.values()} == {(0, "cpu", "toy-shapes-sketch")}
+    assert all(s.backbone == "ViT-B-16:openai" and s.protocol == "base2novel" for s in specs.values())
+    assert sweep_calls[0]["data_root"] == tmp_path
+
+
+def test_run_with_data_root_needs_a_dataset(sweep_calls: list, tmp_path: Path) -> None:
+    out = runner.invoke(app, ["run", "-m", "coop", "--data-root", str(tmp_path)])
+    assert out.exit_code == 2 and "No dataset given" in out.output and sweep_calls == []
+
+
+def test_run_exits_1_when_runs_fail(
+    monkeypatch: pytest.MonkeyPatch, sweep_calls: list, tmp_path: Path
+) -> None:
+    def failing(specs: list[RunSpec], **kwargs: Any) -> list[RunResult]:
+        return [RunResult(s, status="failed", error="boom") for s in specs[:1]] + [
+            RunResult(s, metrics={"all": 1.0}) for s in specs[1:]
+        ]
+
+    monkeypatch.setattr(fewshot.runner, "sweep", failing)
+    results = tmp_path / "runs"
+    out = runner.invoke(app, ["run", "-m", "coop", "-d", "toy-shapes", "--results", str(results)])
+    assert out.exit_code == 1
+    assert "1 of 3 runs failed" in out.output and str(results) in out.output
+
+
+def test_fewshot_errors_become_one_red_line(monkeypatch: pytest.MonkeyPatch, sweep_calls: list) -> None:
+    def raising(specs: list[RunSpec], **kwargs: Any) -> list[RunResult]:
+        raise fewshot.types.FewshotError("Datasets missing: put them there.")
+
+    monkeypatch.setattr(fewshot.runner, "sweep", raising)
+    out = runner.invoke(app, ["run", "-m", "coop", "-d", "toy-shapes"])
+    assert out.exit_code == 2 and error_lines(out.output) == ["Error: Datasets missing: put them there."]
+
+
+def test_version_and_help() -> None:
+    assert runner.invoke(app, ["--version"]).output.strip() == f"fewshot {fewshot.__version__}"
+    out = runner.invoke(app, ["-h"])
+    assert out.exit_code == 0 and "leaderboard" in out.output and "run" in out.output
+
+
+def test_list_commands() -> None:
+    methods = runner.invoke(app, ["list", "methods"])
+    assert methods.exit_code == 0
+    for name in ("coop", "linear-probe", "zeroshot"):
+        assert name in methods.output
+    assert "builtin" in methods.output
+    suites = runner.invoke(app, ["list", "suites"])
+    assert "toy-shapes, toy-colors, toy-textures, toy-objects" in suites.output
+    datasets = runner.invoke(app, ["list", "datasets"])
+    assert datasets.exit_code == 0 and "toy-shapes-sketch" in datasets.output and "present" in datasets.output
+
+
+def test_list_backbones(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fewshot.backbones
+
+    monkeypatch.setattr(fewshot.backbones, "list_backbones", lambda: ["toy", "ViT-B-16:openai"])
+    out = runner.invoke(app, ["list", "backbones"])
+    assert out.exit_code == 0 and out.output.split() == ["toy", "ViT-B-16:openai"]
+
+
+def test_leaderboard_command(tmp_path: Path) -> None:
+    runs = tmp_path / "results" / "runs"
+    for seed, acc in ((1, 70.0), (2, 74.0)):
+        spec = RunSpec("coop", "toy-shapes", seed=seed)
+        write_record(RunResult(spec, metrics={"all": acc}), spec.record_path(runs))
+    out = runner.invoke(app, ["leaderboard", "--results", str(runs)])
+    assert out.exit_code == 0, out.output
+    md = tmp_path / "results" / "LEADERBOARD.md"
+    assert md.is_file() and (tmp_path / "results" / "leaderboard.csv").is_file()
+    assert str(md) in out.output.replace("\n", "")
+    assert "72.00" in md.read_text() and "72.00" in out.output  # the short table
+    missing = runner.invoke(app, ["leaderboard", "--results", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "No results folder" in missing.output
+
+
+class FakeCache:
+    cleared: ClassVar[list[tuple[str | None, str | None]]] = []
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
+
+    def ls(self) -> list[dict[str, Any]]:
+        return [
+            {"backbone": "toy", "dataset": "toy-shapes", "n": 10, "dim": 64, "view": None, "size": 2048},
+            {"backbone": "toy", "dataset": "toy-colors", "n": 5, "dim": 64, "view": 3, "size": 1024},
+        ]
+
+    def clear(self, backbone: str | None = None, dataset: str | None = None) -> int:
+        FakeCache.cleared.append((backbone, dataset))
+        return 1
+
+
+def test_cache_commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import fewshot.features
+
+    monkeypatch.setattr(fewshot.features, "FeatureCache", FakeCache)
+    FakeCache.cleared = []
+    listing = runner.invoke(app, ["cache", "ls", "--cache-dir", str(tmp_path), "--dataset", "toy-shapes"])
+    assert listing.exit_code == 0 and "toy-shapes" in listing.output and "toy-colors" not in listing.output
+    assert "1 entries, 2 KB" in listing.output
+    refused = runner.invoke(app, ["cache", "clear", "--dataset", "toy-colors"], input="n\n")
+    assert refused.exit_code != 0 and FakeCache.cleared == []
+    done = runner.invoke(app, ["cache", "clear", "--dataset", "toy-colors", "--yes"])
+    assert done.exit_code == 0 and FakeCache.cleared == [(None, "toy-colors")] and "Removed 1" in done.output
