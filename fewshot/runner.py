@@ -26,7 +26,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fewshot.types import FewshotError, FewShotTask, LabelSpace, RunResult, RunSpec, Split, Splits
+from fewshot.types import (
+    FeatureSet,
+    FewshotError,
+    FewShotTask,
+    LabelSpace,
+    LazyFeatureSet,
+    RunResult,
+    RunSpec,
+    Split,
+    Splits,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -127,10 +137,15 @@ def _fit_context(
     train = encode_items(backbone, dataset, train_items, cache=cache, split_hash=train_hash)
     val = encode_items(backbone, dataset, val_items, cache=cache, split_hash=val_hash)
     views = None
-    if spec.aug_views > 0:
-        views = encode_views(
-            backbone, dataset, train_items, spec.aug_views, cache=cache, split_hash=train_hash
-        )
+    if spec.aug_views > 0:  # encoded on first use: methods that never read views cost nothing
+
+        def compute_views() -> FeatureSet:
+            encoded = encode_views(
+                backbone, dataset, train_items, spec.aug_views, cache=cache, split_hash=train_hash
+            )
+            return _relabelled(encoded, relabel)
+
+        views = LazyFeatureSet(compute_views)
     generator = torch.Generator().manual_seed(spec.seed)
     return FitContext(
         classnames=[dspec.classnames[label] for label in task.train_space.labels],
@@ -138,7 +153,7 @@ def _fit_context(
         templates=list(dspec.templates),
         backbone=backbone,
         train=_relabelled(train, relabel),
-        train_views=_relabelled(views, relabel) if views is not None else None,
+        train_views=views,
         val=_relabelled(val, relabel),
         train_images=SubsetImages(dataset, train_items, backbone, relabel),
         val_images=SubsetImages(dataset, val_items, backbone, relabel),
@@ -152,7 +167,7 @@ def _fit_context(
     )
 
 
-def _relabelled(features: Any, relabel: dict[int, int]) -> Any:
+def _relabelled(features: FeatureSet, relabel: dict[int, int]) -> FeatureSet:
     labels = torch.tensor([relabel[int(label)] for label in features.labels], dtype=torch.long)
     return replace(features, labels=labels)
 

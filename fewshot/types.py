@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +31,7 @@ __all__ = [
     "FewshotError",
     "Item",
     "LabelSpace",
+    "LazyFeatureSet",
     "RunSpec",
     "Split",
     "Splits",
@@ -256,6 +257,31 @@ class FeatureSet:
 
         idx = torch.as_tensor(list(index), dtype=torch.long)
         return FeatureSet(self.features[idx], self.labels[idx], tuple(self.ids[i] for i in index), self.key)
+
+
+class LazyFeatureSet(FeatureSet):
+    """A FeatureSet computed on first use.
+
+    The runner hands augmented views to every method this way, so the views are encoded
+    (and cached) only for methods that read them.
+    """
+
+    def __init__(self, compute: Callable[[], FeatureSet]) -> None:  # no dataclass fields set
+        self._compute = compute
+        self._value: FeatureSet | None = None
+
+    def resolve(self) -> FeatureSet:
+        if self._value is None:
+            self._value = self._compute()
+        return self._value
+
+    features = property(lambda self: self.resolve().features)  # type: ignore[assignment]
+    labels = property(lambda self: self.resolve().labels)  # type: ignore[assignment]
+    ids = property(lambda self: self.resolve().ids)  # type: ignore[assignment]
+    key = property(lambda self: self.resolve().key)  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "LazyFeatureSet(computed)" if self._value is not None else "LazyFeatureSet(pending)"
 
 
 # ------------------------------------------------------------------------------------------

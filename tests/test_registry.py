@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
 from pathlib import Path
 
@@ -13,33 +12,13 @@ from fewshot.methods.base import Adapter
 from fewshot.registry import Registry
 from fewshot.types import ConfigError
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin"
+from .conftest import EXAMPLE_PLUGIN, write_distribution
+
+EXAMPLE = EXAMPLE_PLUGIN.parent
 
 
 def _install_fake_distribution(site: Path, dist: str, entry_points: dict[str, str], module_dir: Path) -> None:
-    """Write the metadata a real `pip install` leaves: NAME.dist-info with METADATA and
-    entry_points.txt, next to the plugin's importable module."""
-    info = site / f"{dist.replace('-', '_')}-0.1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
-    lines = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[fewshot.methods]\n{lines}\n")
-    if module_dir.exists():
-        target = site / module_dir.name
-        if not target.exists():
-            target.symlink_to(module_dir, target_is_directory=True)
-
-
-@pytest.fixture
-def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    METHODS._clear_plugins()
-    yield site
-    METHODS._clear_plugins()
-    for name in [m for m in sys.modules if m.startswith("fewshot_prototype")]:
-        del sys.modules[name]
+    write_distribution(site, dist, entry_points, module_dir if module_dir.exists() else None)
 
 
 def test_builtins_are_lazy_and_listed() -> None:

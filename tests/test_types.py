@@ -110,3 +110,20 @@ def test_run_result_round_trip() -> None:
     assert data["spec_hash"] == spec.hash
     back = RunResult.from_dict(data)
     assert back == result and back.spec.hash == spec.hash
+
+
+def test_lazy_feature_set_computes_once_on_first_use() -> None:
+    import torch
+
+    from fewshot.types import FeatureSet, LazyFeatureSet
+
+    calls: list[int] = []
+
+    def compute() -> FeatureSet:
+        calls.append(1)
+        return FeatureSet(torch.eye(3), torch.tensor([0, 1, 2]), ("a", "b", "c"), "key")
+
+    lazy = LazyFeatureSet(compute)
+    assert calls == []
+    assert len(lazy) == 3 and lazy.subset([2]).ids == ("c",) and lazy.key == "key"
+    assert calls == [1]
