@@ -17,7 +17,9 @@ import torch
 _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="fewshot-test-cache-"))
 os.environ["FEWSHOT_CACHE"] = str(_SESSION_CACHE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: the toy models are tiny, and extra threads only add synchronisation cost
+# (several times slower when other processes compete for the two cores).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

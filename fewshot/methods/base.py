@@ -113,7 +113,7 @@ class Adapter(abc.ABC):
 
     config_cls: ClassVar[type[AdapterConfig]] = AdapterConfig
     needs: ClassVar[Needs] = Needs.FEATURES
-    supports_novel: ClassVar[bool] = True  # can it classify class names it was not trained on?
+    supports_novel: bool = True  # can it classify class names it was not trained on? (may be per instance)
     version: ClassVar[str] = "1"  # bump when a change alters results; runs of two versions never average
 
     def __init__(self, config: AdapterConfig | None = None) -> None:

@@ -1,0 +1,88 @@
+"""Training pieces shared by the prompt learners (CoOp and the methods built on it).
+
+- :func:`make_sgd`: SGD with the Dassl defaults (momentum 0.9, weight decay 5e-4, no
+  Nesterov, dampening 0), which every Dassl config with ``NAME: sgd`` uses.
+- :func:`make_warmup_cosine`: Dassl's ``cosine`` scheduler wrapped in its ``constant``
+  warm-up, stepped once per epoch. METHODS.md §0.1.
+- :func:`train_batches`: one epoch of support-set image features, either from cached
+  augmented views (one view per image per epoch) or encoded online from augmented images.
+
+Dassl's warm-up semantics, reproduced exactly (``WARMUP_RECOUNT: True``, its default):
+epochs ``0 .. W-1`` run at the constant ``warmup_lr``; from epoch ``W`` on, the cosine
+schedule starts from its beginning, with ``T_max`` equal to the *full* number of epochs, so
+epoch ``e >= W`` runs at ``0.5 * lr * (1 + cos(pi * (e - W) / max_epochs))`` and the last
+epoch does not reach zero. Dassl uses the absolute ``warmup_lr`` for every parameter group;
+here each group gets ``warmup_lr`` too (the factor is computed per group).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from fewshot.methods.base import FitContext
+
+__all__ = ["make_sgd", "make_warmup_cosine", "train_batches"]
+
+
+def make_sgd(
+    params: Iterable[torch.nn.Parameter], lr: float, *, momentum: float = 0.9, weight_decay: float = 5e-4
+) -> torch.optim.SGD:
+    """SGD as Dassl builds it (``dampening=0``, ``nesterov=False``)."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, dampening=0.0)
+
+
+def make_warmup_cosine(
+    optimizer: torch.optim.Optimizer, max_epochs: int, *, warmup_epochs: int = 1, warmup_lr: float = 1e-5
+) -> LambdaLR:
+    """Per-epoch LR schedule: constant ``warmup_lr`` for ``warmup_epochs``, then cosine.
+
+    Call ``scheduler.step()`` once after every epoch, as Dassl's trainer does. The closed
+    form (rather than chaining CosineAnnealingLR behind a warm-up scheduler) gives the
+    exact Dassl values without the recursive update's rounding drift.
+    """
+
+    def factor_for(base_lr: float) -> Callable[[int], float]:  # one multiplier per parameter group
+        def factor(epoch: int) -> float:
+            if epoch < warmup_epochs:
+                return warmup_lr / base_lr
+            return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / max_epochs))
+
+        return factor
+
+    return LambdaLR(optimizer, [factor_for(group["lr"]) for group in optimizer.param_groups])
+
+
+def train_batches(
+    ctx: FitContext, epoch: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Raw image features and labels of one training epoch, on ``ctx.device``.
+
+    With cached views (``ctx.train_views``, view-major, V views of N images), epoch ``e``
+    uses view ``e mod V``: one augmentation of each image per epoch, as the original data
+    loader draws. Batches are shuffled with ``ctx.generator``. Without views (online
+    augmentation), images come from ``ctx.train_images`` and pass through the frozen image
+    encoder. As in Dassl's train loader, the last short batch is dropped when there are at
+    least ``batch_size`` images.
+    """
+    drop_last = len(ctx.train) >= batch_size
+    if ctx.train_views is not None:
+        n = len(ctx.train)
+        views = len(ctx.train_views) // n
+        rows = (epoch % views) * n + torch.randperm(n, generator=ctx.generator)
+        for index in torch.split(rows, batch_size):
+            if drop_last and len(index) < batch_size:
+                break
+            features = ctx.train_views.features[index].to(ctx.device)
+            yield features, ctx.train_views.labels[index].to(ctx.device)
+        return
+    loader = ctx.train_images.loader(
+        batch_size, augment=True, shuffle=True, generator=ctx.generator, drop_last=drop_last
+    )
+    for images, labels in loader:
+        with torch.no_grad(), ctx.autocast():
+            features = ctx.backbone.encode_images(images.to(ctx.device)).float()
+        yield features, labels.to(ctx.device)

@@ -1,0 +1,102 @@
+"""Every registered method (plugins included) passes the Adapter contract on the toy world."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from fewshot.methods import get_method, list_methods
+from fewshot.methods.base import Adapter, FitContext, Needs, QueryBatch
+from fewshot.testing import check_adapter
+from fewshot.types import AdapterConfig
+
+# Fast settings per method, on top of fewshot.testing.FAST_SETTINGS (epochs=2 where it exists).
+FAST: dict[str, dict[str, object]] = {"coop": {"epochs": 2, "n_ctx": 4}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These problems are tiny: one thread avoids OpenMP start-up and, on a busy machine,
+    oversubscription (measured 0.8 s vs 43 s for the CoOp loss test on 2 shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_method_meets_the_adapter_contract(name):
+    check_adapter(get_method(name), overrides=FAST.get(name))
+
+
+# The checker must be able to fail: adapters that break one rule each.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config(AdapterConfig):
+    epochs: int = 10
+
+
+class _Good(Adapter):
+    config_cls = _Config
+    needs = Needs.FEATURES
+
+    def fit(self, ctx: FitContext) -> None:
+        self.noise = torch.randn(1, generator=ctx.generator)
+
+    def predict(self, batch: QueryBatch) -> torch.Tensor:
+        assert batch.features is not None
+        return batch.features[:, : len(batch.classnames)] + self.noise
+
+
+class _WrongShape(_Good):
+    def predict(self, batch: QueryBatch) -> torch.Tensor:
+        return super().predict(batch)[:, :1]
+
+
+class _NotNovel(_Good):
+    def predict(self, batch: QueryBatch) -> torch.Tensor:
+        assert batch.features is not None
+        return batch.features[:, :3] + self.noise  # always the three training classes
+
+
+class _Leaky(_Good):
+    fits = 0  # state shared between instances: the second fit differs from the first
+
+    def fit(self, ctx: FitContext) -> None:
+        type(self).fits += 1
+        self.noise = torch.full((1,), float(self.fits))
+
+
+class _NaN(_Good):
+    def predict(self, batch: QueryBatch) -> torch.Tensor:
+        return super().predict(batch) * float("nan")
+
+
+class _UndecoratedConfig(AdapterConfig):  # no @dataclass(frozen=True): epochs is no field
+    epochs: int = 1
+
+
+class _Undecorated(_Good):
+    config_cls = _UndecoratedConfig
+
+
+def test_check_adapter_accepts_a_well_behaved_adapter():
+    check_adapter(_Good)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "message"),
+    [
+        (_WrongShape, "shape"),
+        (_NotNovel, "shape"),
+        (_Leaky, "different logits"),
+        (_NaN, "non-finite"),
+        (_Undecorated, "frozen"),
+    ],
+)
+def test_check_adapter_catches_breaches(adapter, message):
+    with pytest.raises(AssertionError, match=message):
+        check_adapter(adapter)
