@@ -403,12 +403,15 @@ def _sweep(specs: list[RunSpec], results: Path, data_root: Path | None, cache_di
 
 
 def _frame_table(frame: "pd.DataFrame", title: str, constant: Sequence[str] = ()) -> Table:
-    """A rich view of a DataFrame: floats with 2 decimals, NaN as '—', empty columns dropped.
+    """A rich view of a DataFrame: floats with 2 decimals, NaN as 'n/a', empty extra columns dropped.
 
     Columns named in ``constant`` that hold one value throughout move into the title, so
     that narrow terminals keep room for the columns that vary.
     """
-    frame = frame.dropna(axis=1, how="all")
+    # A label space the method cannot classify (e.g. novel classes for a linear probe) is
+    # NaN: keep its column and show it as n/a rather than dropping or zeroing it.
+    keep = {"accuracy", "base", "novel", "hm"}
+    frame = frame[[c for c in frame.columns if c in keep or frame[c].notna().any()]]
     same = [c for c in constant if c in frame and frame[c].nunique() == 1]
     if same:
         title += " — " + ", ".join(f"{c} {frame[c].iloc[0]}" for c in same)
@@ -419,7 +422,7 @@ def _frame_table(frame: "pd.DataFrame", title: str, constant: Sequence[str] = ()
         # fold, not ellipsis: a truncated dataset or method name is worse than a wrapped one.
         table.add_column(str(column), justify="right" if numeric else "left", overflow="fold")
     for row in frame.itertuples(index=False):
-        table.add_row(*("—" if v != v else f"{v:.2f}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(*("n/a" if v != v else f"{v:.2f}" if isinstance(v, float) else str(v) for v in row))
     return table
 
 

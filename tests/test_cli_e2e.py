@@ -128,3 +128,13 @@ def test_unreadable_checkpoint_fails_before_any_run(tmp_path: Path) -> None:
     assert code != 0
     assert "weights.pt" in out and "Traceback" not in out
     assert not results.exists() or not _records(results)
+
+
+def test_base2novel_summary_shows_not_applicable(tmp_path: Path) -> None:
+    code, out = _run(
+        "run", "-m", "linear-probe", "--protocol", "base2novel", "-d", "toy-shapes", "--seeds", "1",
+        "--results", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0, out
+    summary = _summary(out)
+    assert "novel" in summary and "n/a" in summary and "base" in summary
