@@ -277,7 +277,7 @@ def sweep(
     cache = cache if cache is not None else FeatureCache()
     _preflight(specs, data_root)
     results: list[RunResult] = []
-    with _SweepProgress(console, len(specs)) as bar:
+    with _SweepProgress(console, len(specs)) as bar, _threads_for(specs):
         for spec in specs:
             previous = find_record(spec, results_dir)
             if previous is not None and previous.ok:
@@ -290,6 +290,24 @@ def sweep(
             results.append(result)
             bar.advance(_one_line(result))
     return results
+
+
+@contextlib.contextmanager
+def _threads_for(specs: Sequence[RunSpec]) -> Iterator[None]:
+    """One CPU thread for sweeps of the toy backbone on CPU.
+
+    Its matrices are tiny (width 128): a second thread saves nothing and, when other
+    processes compete for the cores, synchronisation made CoOp runs ten times slower.
+    """
+    if not specs or any(s.backbone != "toy" or s.device != "cpu" for s in specs):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run_or_fail(
