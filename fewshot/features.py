@@ -28,7 +28,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from fewshot._io import atomic_write_bytes
 from fewshot.types import (
     BackboneSpec,
     ConfigError,
@@ -168,21 +168,6 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
     return dtype if enabled else None
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then ``os.replace`` over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _backbone_dir(backbone: str) -> str:
     try:
         return BackboneSpec.parse(backbone).safe_name
@@ -277,8 +262,8 @@ class FeatureCache:
             "bytes": len(data),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        _atomic_write_bytes(tensor_path, data)
-        _atomic_write_bytes(tensor_path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+        atomic_write_bytes(tensor_path, data)
+        atomic_write_bytes(tensor_path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
         return FeatureSet(feats, labels, tuple(features.ids), key.digest)
 
     def ls(self) -> list[dict[str, Any]]:

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fewshot._io import atomic_write_text
 from fewshot.metrics import aggregate, harmonic_mean
-from fewshot.results import atomic_write_text, load_records, records_frame
+from fewshot.results import load_records, records_frame
 from fewshot.types import PROTOCOLS, BackboneSpec, ConfigError, RunResult
 
 if TYPE_CHECKING:

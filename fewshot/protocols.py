@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from fewshot._io import atomic_write_text
 from fewshot.types import (
     PROTOCOLS,
     ConfigError,
@@ -217,7 +216,7 @@ def save_subset(subset: Subset, path: Path, splits: Splits | None = None) -> Non
             [splits.train.items[i].path, splits.train.items[i].label] for i in subset.train_ids
         ]
         data["val_items"] = [[splits.val.items[i].path, splits.val.items[i].label] for i in subset.val_ids]
-    _write_text_atomic(Path(path), json.dumps(data, indent=1))
+    atomic_write_text(Path(path), json.dumps(data, indent=1))
 
 
 def load_subset(path: Path) -> Subset:
@@ -274,18 +273,3 @@ def _check_fits(subset: Subset, splits: Splits, dataset: str, shots: int, seed: 
         raise FewshotError(
             f"Few-shot subset file for {dataset} K={shots} seed={seed} does not fit the splits."
         )
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, then rename over ``path`` (atomic on POSIX/NTFS)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -14,14 +14,11 @@ stays cheap.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import math
-import os
 import platform
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
@@ -30,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fewshot
+from fewshot._io import atomic_write
 from fewshot.types import FewshotError, RunResult, RunSpec, stable_hash
 
 if TYPE_CHECKING:
@@ -40,7 +38,6 @@ __all__ = [
     "PROVENANCE_KEYS",
     "RECORD_COLUMNS",
     "SCHEMA_VERSION",
-    "atomic_write_text",
     "collect_provenance",
     "find_record",
     "iter_records",
@@ -114,43 +111,6 @@ RECORD_COLUMNS = (
 # Atomic I/O
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every OS (Windows), hence best effort.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(fh)`` on a temp file beside ``path``, fsync, then rename over ``path``.
-
-    A failure at any point removes the temp file and leaves an existing ``path`` untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is a rename within one filesystem (atomic).
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    _atomic_write(path, lambda fh: fh.write(text))
-
-
 def write_record(result: RunResult, path: Path) -> None:
     """Write a run's record as JSON (indent 2, sorted keys), atomically.
 
@@ -163,7 +123,7 @@ def write_record(result: RunResult, path: Path) -> None:
         json.dump(result.to_dict(), fh, indent=2, sort_keys=True, allow_nan=False)
         fh.write("\n")
 
-    _atomic_write(path, dump)
+    atomic_write(path, dump)
 
 
 def read_record(path: Path) -> RunResult:

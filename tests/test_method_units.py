@@ -18,16 +18,6 @@ from fewshot.types import ConfigError, FeatureSet, FewshotError
 NAMES = ["red circle", "blue square", "green striped triangle"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: one thread avoids OpenMP start-up and, on a busy machine,
-    oversubscription (measured 0.8 s vs 43 s for the CoOp loss test on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def backbone():
     from fewshot.backbones import load_backbone

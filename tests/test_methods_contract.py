@@ -16,16 +16,6 @@ from fewshot.types import AdapterConfig
 FAST: dict[str, dict[str, object]] = {"coop": {"epochs": 2, "n_ctx": 4}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: one thread avoids OpenMP start-up and, on a busy machine,
-    oversubscription (measured 0.8 s vs 43 s for the CoOp loss test on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", list_methods())
 def test_method_meets_the_adapter_contract(name):
     check_adapter(get_method(name), overrides=FAST.get(name))
