@@ -319,3 +319,15 @@ def test_coop_online_augmentation_encodes_augmented_images(backbone, monkeypatch
     adapter = CoOp(CoOpConfig.build(overrides={"epochs": 2, "n_ctx": 4, "batch_size": 4}))
     adapter.fit(ctx)
     assert calls == [4, 4]  # 6 support images, batch 4: the short last batch is dropped; 2 epochs
+
+
+def test_linear_probe_reports_its_parameter_count() -> None:
+    from fewshot.methods.linear_probe import LinearProbe
+    from fewshot.testing import make_fit_context
+
+    ctx = make_fit_context("toy", "toy-colors", classes=(0, 1, 2), shots=4)
+    probe = LinearProbe()
+    assert probe.trainable_parameters() == 0
+    probe.fit(ctx)
+    dim = ctx.train.features.shape[1]
+    assert probe.trainable_parameters() == 3 * dim + 3  # weights + biases of 3 classes

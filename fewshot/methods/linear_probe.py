@@ -162,6 +162,13 @@ class LinearProbe(Adapter):
             self.search = search_c(fit_score, self.config.grid, self.config.search_steps)
         self.classnames = list(ctx.classnames)
 
+    def trainable_parameters(self) -> int:
+        """Weights and biases of the kept logistic regression."""
+        if self.search is None:
+            return 0
+        model = self.search.model
+        return int(model.coef_.size + model.intercept_.size)
+
     def predict(self, batch: QueryBatch) -> torch.Tensor:
         """Class scores (the classifier's decision function) over ``batch.classnames``."""
         if self.search is None:
