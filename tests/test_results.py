@@ -144,6 +144,9 @@ def test_load_records_one_row_per_space(tmp_path: Path) -> None:
 
 
 def test_collect_provenance() -> None:
+    from fewshot.results import _git_state
+
+    _git_state.cache_clear()  # the git state is read once per process; HEAD may have moved
     prov = collect_provenance(device="cpu", split_hash="s")
     assert prov["fewshot_version"] == fewshot.__version__
     assert prov["torch"] == version("torch")
