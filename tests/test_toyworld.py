@@ -14,7 +14,18 @@ from fewshot.datasets import SUITES, get_dataset
 from fewshot.datasets.base import DatasetError
 from fewshot.toyworld import TOY_MODEL_DIR
 from fewshot.toyworld.catalog import COLORS, SHAPES, TEXTURES
-from fewshot.toyworld.world import CaptionNoise, caption, item_scene, render, sample_scene, seed_rng
+from fewshot.toyworld.world import (
+    CaptionNoise,
+    caption,
+    caption_facts,
+    fade,
+    fit_matrix,
+    fits,
+    item_scene,
+    render,
+    sample_scene,
+    seed_rng,
+)
 from fewshot.types import Item
 
 TOY = ["toy-shapes", "toy-colors", "toy-textures", "toy-objects", "toy-shapes-sketch"]
@@ -65,6 +76,23 @@ def test_items_show_their_class():
     for it in objects.splits().val.items[::3]:
         scene, _ = item_scene("toy-objects", "val", int(it.path[4:]), 10)
         assert f"{scene.color} {scene.shape}" == objects.spec().classnames[it.label]
+
+
+def test_viewing_and_contrast_apply_to_every_item():
+    """A dataset's fixed viewing attributes and its faded contrast reach the pixels."""
+    textures = get_dataset("toy-textures")
+    for it in textures.splits().train.items[::37]:
+        scene, _ = item_scene("toy-textures", "train", int(it.path[6:]), 40)
+        assert (scene.count, scene.size) == (1, "large")
+        faded = np.asarray(textures.load_image(it), dtype=float)
+        full = np.asarray(render(scene), dtype=float)
+        assert faded.std() < 0.4 * full.std()
+        assert abs(faded.mean() - full.mean()) < 2.0  # faded towards its own mean brightness
+    for it in get_dataset("toy-shapes").splits().test.items[::41]:
+        scene, _ = item_scene("toy-shapes", "test", int(it.path[5:]), 30)
+        assert (scene.texture, scene.size) == ("hollow", "large")
+    image = render(sample_scene(seed_rng("fade")))
+    assert fade(image, 1.0) is image
 
 
 def test_rendering_is_deterministic_and_varies():
@@ -127,6 +155,20 @@ def test_captions_name_the_scene():
     assert len({caption(scene, rng) for _ in range(30)}) > 10
 
 
+def test_fit_matrix_agrees_with_fits():
+    """The vectorised rule pretraining uses equals the per-pair rule, on noisy captions."""
+    rng = seed_rng("fit-matrix")
+    scenes = [sample_scene(rng, count=int(rng.integers(1, 4))) for _ in range(40)]
+    claims = [caption_facts(s, rng, CaptionNoise(flip=0.3))[1] for s in scenes]
+    claims += [{"count": "plural"}, {"shape": "circle", "count": 1}, {}]
+    expected = np.array([[fits(s, c) for c in claims] for s in scenes])
+    got = fit_matrix(scenes, claims)
+    assert got.dtype == bool and (got == expected).all()
+    assert 0 < expected.mean() < 1  # both outcomes occur
+    assert fits(sample_scene(rng, count=2), {"count": "plural"})
+    assert not fits(sample_scene(rng, count=1), {"count": "plural"})
+
+
 def test_class_descriptions():
     for name in ("toy-shapes", "toy-colors", "toy-textures", "toy-objects"):
         ds = get_dataset(name)
@@ -165,20 +207,7 @@ def test_checkpoint_is_small_and_loaded(toy_clip):
         assert (state[key] == stored[key].float()).all()  # the trained weights, not a random init
 
 
-# The micro CLIP of checkpoint v1 learned colour but not shape or fill pattern: on these
-# datasets its image features are near chance, so no method can learn there. Tracked in the
-# foundation issue; strict, so the marks must go when a retrained checkpoint fixes it.
-UNLEARNED = pytest.mark.xfail(strict=True, reason="toy CLIP v1 does not encode shape or texture")
-TOY_DATASETS_CALIBRATED = [
-    "toy-colors",
-    "toy-objects",
-    pytest.param("toy-shapes", marks=UNLEARNED),
-    pytest.param("toy-textures", marks=UNLEARNED),
-    pytest.param("toy-shapes-sketch", marks=UNLEARNED),
-]
-
-
-@pytest.mark.parametrize("name", TOY_DATASETS_CALIBRATED)
+@pytest.mark.parametrize("name", TOY)
 def test_zero_shot_is_above_chance_but_not_saturated(toy_clip, name):
     import torch
 
@@ -193,3 +222,18 @@ def test_zero_shot_is_above_chance_but_not_saturated(toy_clip, name):
     accuracy = (pred == torch.tensor(test.labels)).float().mean().item() * 100
     chance = 100 / spec.num_classes
     assert 2 * chance < accuracy <= 80.0
+
+
+def test_dataset_version_follows_its_definition():
+    """Changing a toy dataset's viewing or contrast makes its cached features stale."""
+    import dataclasses
+
+    from fewshot.datasets.toy import TOY_VERSION, toy_version
+    from fewshot.toyworld.catalog import TOY_DATASETS
+
+    d = TOY_DATASETS["toy-textures"]
+    assert get_dataset("toy-textures").spec().version == toy_version(d)
+    assert toy_version(d).startswith(TOY_VERSION + ".")
+    assert toy_version(dataclasses.replace(d, contrast=0.5)) != toy_version(d)
+    assert toy_version(dataclasses.replace(d, viewing=())) != toy_version(d)
+    assert len({toy_version(x) for x in TOY_DATASETS.values()}) == len(TOY_DATASETS)

@@ -8,6 +8,7 @@ index). Class definitions, templates and split sizes live in
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -21,7 +22,15 @@ if TYPE_CHECKING:
 
 __all__ = ["ToyColors", "ToyDataset", "ToyObjects", "ToyShapes", "ToyShapesSketch", "ToyTextures"]
 
-TOY_VERSION = "2"  # bump when rendering or split sizes change: cached features then go stale
+TOY_VERSION = "3"  # bump when rendering or split sizes change: cached features then go stale
+
+
+def toy_version(definition: ToyDatasetDef) -> str:
+    """``TOY_VERSION`` plus a digest of the dataset's definition (classes, viewing, contrast,
+    domain, prompts), so that editing one dataset's definition makes its cache entries and
+    records stale without a manual bump; rendering code changes still need one."""
+    digest = hashlib.sha256(repr(definition).encode()).hexdigest()[:8]
+    return f"{TOY_VERSION}.{digest}"
 
 
 @cache
@@ -61,7 +70,7 @@ class ToyDataset(Dataset):
             name=self.name,
             classnames=d.classnames,
             template=d.template,
-            version=TOY_VERSION,
+            version=toy_version(d),
             split_source="toyworld",
             templates=d.templates,
         )

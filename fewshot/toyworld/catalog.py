@@ -148,8 +148,12 @@ class ToyDatasetDef:
     domain_of: str | None = None
     # Nuisance attributes fixed for every image of the dataset, e.g. (("size", "small"),).
     # This is how a dataset's difficulty is set: small outlined objects leave less colour for
-    # the micro CLIP to match, which keeps zero-shot accuracy below saturation.
+    # the micro CLIP to match, and outlines pull the background's colour word into a
+    # zero-shot prompt's score, while a few labelled images teach a probe to ignore it.
     viewing: tuple[tuple[str, str | int], ...] = ()
+    # Photographic condition of the whole dataset: < 1 fades every image towards its mean
+    # brightness (low-contrast photos), which the pretraining images never are.
+    contrast: float = 1.0
 
     @property
     def classnames(self) -> tuple[str, ...]:
@@ -187,7 +191,14 @@ _ADJ_TEMPLATES = (
 TOY_DATASETS: dict[str, ToyDatasetDef] = {
     d.name: d
     for d in (
-        ToyDatasetDef("toy-shapes", ("shape",), _single(SHAPES), "a photo of a {}.", _SHAPE_TEMPLATES),
+        ToyDatasetDef(
+            "toy-shapes",
+            ("shape",),
+            _single(SHAPES),
+            "a photo of a {}.",
+            _SHAPE_TEMPLATES,
+            viewing=(("texture", "hollow"), ("size", "large")),
+        ),
         ToyDatasetDef(
             "toy-colors",
             ("color",),
@@ -197,7 +208,13 @@ TOY_DATASETS: dict[str, ToyDatasetDef] = {
             viewing=(("size", "small"), ("count", 1), ("texture", "hollow")),
         ),
         ToyDatasetDef(
-            "toy-textures", ("texture",), _single(TEXTURES), "a photo of a {} shape.", _ADJ_TEMPLATES
+            "toy-textures",
+            ("texture",),
+            _single(TEXTURES),
+            "a photo of a {} shape.",
+            _ADJ_TEMPLATES,
+            viewing=(("count", 1), ("size", "large")),
+            contrast=0.25,
         ),
         ToyDatasetDef(
             "toy-objects",
@@ -205,6 +222,7 @@ TOY_DATASETS: dict[str, ToyDatasetDef] = {
             tuple((c, s) for c in _OBJECT_COLORS for s in _OBJECT_SHAPES),
             "a photo of a {}.",
             _SHAPE_TEMPLATES,
+            viewing=(("texture", "hollow"),),
         ),
         ToyDatasetDef(
             "toy-shapes-sketch",

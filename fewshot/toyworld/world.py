@@ -39,6 +39,8 @@ __all__ = [
     "Scene",
     "caption",
     "caption_facts",
+    "fade",
+    "fit_matrix",
     "fits",
     "item_scene",
     "render",
@@ -144,8 +146,9 @@ def _place_objects(
     return tuple(placed)
 
 
+SKETCH_LINE = 2  # pencil line width of the sketch domain, in pixels
 JITTER = 5.0  # pixels of random offset of each object from its layout anchor
-TEXTURE_CONTRAST = 0.3  # how far the second tone of a texture moves towards white or black
+TEXTURE_CONTRAST = 0.6  # how far the second tone of a texture moves towards white or black
 
 
 # ------------------------------------------------------------------------------------------
@@ -312,7 +315,7 @@ def _draw_sketch(img: np.ndarray, scene: Scene, rng: np.random.Generator) -> Non
     inks = np.array([(40, 40, 40), (70, 70, 80), (30, 45, 110)], dtype=np.float32)
     ink = inks[int(scene.extras["ink"] * 7) % 3]
     for obj in scene.objects:
-        edge = _edge(_object_mask(scene.shape, obj, rng), 1)
+        edge = _edge(_object_mask(scene.shape, obj, rng), SKETCH_LINE)
         img[edge] = ink
     strokes = Image.new("L", (RES, RES), 0)
     draw = ImageDraw.Draw(strokes)
@@ -349,6 +352,7 @@ class CaptionNoise:
     rare: Mapping[str, float] = field(default_factory=dict)
     flip: float = 0.08
     clause: float = 0.3
+    varied: bool = True  # False: always "a photo of ..." and "on a ... background"
 
 
 def _article(word: str) -> str:
@@ -415,9 +419,35 @@ def caption_facts(
     if rng.random() < noise.clause:
         phrase += " " + _clause(scene, rng)
     if "background" in facts:
-        phrase += " " + str(rng.choice(_BG_PHRASES)).format(facts["background"])
+        bg = str(rng.choice(_BG_PHRASES)) if noise.varied else _BG_PHRASES[0]
+        phrase += " " + bg.format(facts["background"])
     there = "there are {}." if scene.count > 1 else "there is {}."
-    return str(rng.choice([*_FRAMES, there])).format(phrase), facts
+    frame = str(rng.choice([*_FRAMES, there])) if noise.varied else _FRAMES[0]
+    return frame.format(phrase), facts
+
+
+_CLAIM_POOLS: dict[str, tuple[str, ...]] = {
+    "shape": SHAPES,
+    "color": tuple(COLORS),
+    "texture": TEXTURES,
+    "size": tuple(SIZES),
+    "background": tuple(BACKGROUNDS),
+}
+
+
+def fit_matrix(scenes: list[Scene], claims: list[dict[str, str | int]]) -> np.ndarray:
+    """``out[i, j]``: whether scene i agrees with every claim of caption j (vectorised :func:`fits`)."""
+    out = np.ones((len(scenes), len(claims)), dtype=bool)
+    for attr, pool in _CLAIM_POOLS.items():
+        index = {v: k for k, v in enumerate(pool)}
+        have = np.array([index[getattr(s, attr)] for s in scenes])
+        said = np.array([index[str(c[attr])] if attr in c else -1 for c in claims])
+        out &= (said[None, :] == -1) | (have[:, None] == said[None, :])
+    count = np.array([s.count for s in scenes])
+    said = np.array([-2 if c.get("count") == "plural" else int(c.get("count", -1)) for c in claims])
+    plural = (said[None, :] == -2) & (count[:, None] > 1)
+    out &= (said[None, :] == -1) | (count[:, None] == said[None, :]) | plural
+    return out
 
 
 def fits(scene: Scene, facts: dict[str, str | int]) -> bool:
@@ -466,4 +496,14 @@ def item_scene(dataset: str, split: str, index: int, per_class: int) -> tuple[Sc
 
 def render_item(dataset: str, split: str, index: int, per_class: int) -> Image.Image:
     """The image of item ``index`` of a toy dataset split; deterministic."""
-    return render(item_scene(dataset, split, index, per_class)[0])
+    image = render(item_scene(dataset, split, index, per_class)[0])
+    return fade(image, TOY_DATASETS[dataset].contrast)
+
+
+def fade(image: Image.Image, contrast: float) -> Image.Image:
+    """Pixel values pulled towards the image's mean by ``contrast`` (1: unchanged)."""
+    if contrast == 1.0:
+        return image
+    a = np.asarray(image, dtype=np.float32)
+    out = a.mean() + contrast * (a - a.mean())
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
