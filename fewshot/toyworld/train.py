@@ -2,9 +2,12 @@
 
     python -m fewshot.toyworld.train [--out DIR] [--steps N] [--seed S]
 
-Contrastive (symmetric InfoNCE) training of the open_clip model described by
-``toy_clip/open_clip_config.json`` on freshly rendered scenes with noisy captions
-(:class:`fewshot.toyworld.world.CaptionNoise`), AdamW with warmup and cosine decay. Every
+Contrastive training of the open_clip model described by ``toy_clip/open_clip_config.json``
+on freshly rendered scenes with noisy captions (:class:`fewshot.toyworld.world.CaptionNoise`),
+in two phases: a short caption-paraphrase warm-up of the text tower alone
+(:func:`warm_up_text`), then symmetric InfoNCE between images and captions with soft targets,
+the text tower locked for the first :data:`LOCKED_TEXT` share of the steps; AdamW with warmup
+and cosine decay. Every
 batch is a pure function of (seed, step), and the run uses a fixed number of threads, so a
 rerun on the same machine gives the same weights. The result is written as an open_clip
 ``local-dir:`` folder (config + float16 safetensors), then the script prints the zero-shot
@@ -32,7 +35,7 @@ from fewshot.toyworld.world import (
     Scene,
     caption_facts,
     caption_vocabulary,
-    fits,
+    fit_matrix,
     render,
     render_item,
     sample_scene,
@@ -51,9 +54,16 @@ PRETRAIN_NOISE = CaptionNoise(
     rare=RARE_WORDS,
     flip=0.05,
 )
-SHORT_CAPTIONS = 0.5  # share of groups with short captions (see group_noise)
-PLAIN_SHARE = 0.5  # share of groups (not focused on texture) whose objects are plain
-GROUP_FOCUS = {"shape": 0.45, "texture": 0.25, "color": 0.1, "size": 0.08, "count": 0.07, "background": 0.05}
+# Share of image-text steps at the start during which the text tower stays as the text
+# warm-up left it (locked, as in LiT with the roles swapped). Left free from the start, the
+# text tower learns to ignore shape and texture words before the slow image tower can see
+# shapes, and never recovers within a CPU budget (checkpoint v1 learned colour only).
+LOCKED_TEXT = 0.6
+TEXT_WARMUP_STEPS = 300  # caption-paraphrase steps for the text tower alone (cheap)
+SKIP_IN_TEXT_WARMUP = {"logit_scale", "token_embedding.weight"}
+SHORT_CAPTIONS = (0.8, 0.4)  # share of groups with short captions (group_noise): locked, free
+PLAIN_SHARE = 0.6  # share of groups (not focused on texture) whose objects are plain
+GROUP_FOCUS = {"shape": 0.5, "texture": 0.25, "color": 0.08, "size": 0.07, "count": 0.05, "background": 0.05}
 
 
 @functools.cache
@@ -110,13 +120,13 @@ def sample_group(rng: np.random.Generator, size: int) -> tuple[str, list[Scene]]
     return focus, [sample_scene(rng, **shared, **{focus: values[int(i)]}) for i in picks]
 
 
-def group_noise(focus: str, rng: np.random.Generator) -> CaptionNoise:
+def group_noise(focus: str, rng: np.random.Generator, short: float) -> CaptionNoise:
     """Caption noise for a group: often a short caption that names mainly the focus.
 
     Short captions put the deciding word next to the end of the text, which lets the text
     tower pick it up early; without them it settles on colour words alone.
     """
-    if rng.random() >= SHORT_CAPTIONS:
+    if rng.random() >= short:
         return PRETRAIN_NOISE
     mention = {a: (1.0 if a == focus else 0.25 * p) for a, p in PRETRAIN_NOISE.mention.items()}
     return CaptionNoise(mention=mention, rare=PRETRAIN_NOISE.rare, flip=PRETRAIN_NOISE.flip, clause=0.1)
@@ -132,7 +142,7 @@ def _focus_values(focus: str, shared: dict) -> list:
 
 
 def pretrain_batch(
-    seed: int, step: int, batch_size: int, preprocess_cfg: dict, tokenizer, group: int = 8
+    seed: int, step: int, batch_size: int, preprocess_cfg: dict, tokenizer, short: float, group: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images, caption tokens and the fit matrix of one batch; a pure function of (seed, step).
 
@@ -143,13 +153,13 @@ def pretrain_batch(
     scenes, captions, claims = [], [], []
     for _ in range(batch_size // group):
         focus, members = sample_group(rng, group)
-        noise = group_noise(focus, rng)
+        noise = group_noise(focus, rng, short)
         for s in members:
             text, facts = caption_facts(s, rng, noise)
             scenes.append(s)
             captions.append(text)
             claims.append(facts)
-    fit = torch.tensor([[fits(s, f) for f in claims] for s in scenes], dtype=torch.float32)
+    fit = torch.from_numpy(fit_matrix(scenes, claims)).float()
     fit.fill_diagonal_(1.0)
     return to_tensor([render(s) for s in scenes], preprocess_cfg), tokenizer(captions), fit
 
@@ -167,7 +177,8 @@ class PretrainBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         tokenizer = get_tokenizer(self.context_length)
-        return pretrain_batch(self.seed, step, self.batch_size, self.preprocess_cfg, tokenizer)
+        short = SHORT_CAPTIONS[0] if step < self.steps * LOCKED_TEXT else SHORT_CAPTIONS[1]
+        return pretrain_batch(self.seed, step, self.batch_size, self.preprocess_cfg, tokenizer, short)
 
 
 def batch_stream(seed: int, steps: int, batch_size: int, config: dict, workers: int = 1):
@@ -231,17 +242,23 @@ def encode_text_cut(model, tokens: torch.Tensor, embed: torch.nn.Module | None =
 
 
 def clip_loss(
-    model, embed: CompactEmbedding, images: torch.Tensor, tokens: torch.Tensor, fit: torch.Tensor
+    model,
+    embed: CompactEmbedding,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    fit: torch.Tensor,
+    lock_text: bool = False,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over the batch with the model's learnable temperature.
 
     Every caption that fits an image is a positive for it (soft targets, as in UniCL): the
     toy world is small, so a batch holds many captions that describe an image equally well
     ("a circle." for every circle), and counting them as negatives would push images away
-    from the very words that describe them.
+    from the very words that describe them. ``lock_text`` keeps the text tower fixed.
     """
     img = F.normalize(model.encode_image(images), dim=-1)
-    txt = F.normalize(encode_text_cut(model, tokens, embed), dim=-1)
+    with torch.set_grad_enabled(not lock_text):
+        txt = F.normalize(encode_text_cut(model, tokens, embed), dim=-1)
     logits = model.logit_scale.exp().clamp(max=100.0) * img @ txt.T
     to_text = fit / fit.sum(dim=1, keepdim=True)
     to_image = fit.T / fit.T.sum(dim=1, keepdim=True)
@@ -249,17 +266,79 @@ def clip_loss(
 
 
 def make_optimizer(model, embed: CompactEmbedding, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on gains, biases, embeddings and the temperature."""
-    decay, rest = [], [embed.weight]
+    """AdamW with one group per (tower, decay); no decay on gains, biases, embeddings, temperature."""
+    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {
+        (tower, decay): [] for tower in ("image", "text") for decay in (True, False)
+    }
+    groups[("text", False)].append(embed.weight)
     for name, p in model.named_parameters():
         if name == "token_embedding.weight":
             continue  # trained through ``embed``
-        no_decay = (
-            p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("class_embedding")
-        )
-        (rest if no_decay else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+        tower = "image" if name.startswith("visual.") or name == "logit_scale" else "text"
+        no_decay = p.ndim < 2 or "embedding" in name or name == "logit_scale"
+        groups[(tower, not no_decay)].append(p)
+    return torch.optim.AdamW(
+        [
+            {"params": ps, "weight_decay": weight_decay if decay else 0.0, "tower": tower}
+            for (tower, decay), ps in groups.items()
+        ],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+
+
+def text_batch(
+    seed: int, step: int, batch_size: int, tokenizer
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two independent captions of each of ``batch_size`` scenes, and which pairs agree.
+
+    ``agree[i, j]`` is 1 where caption a_i fits scene j and caption b_j fits scene i.
+    """
+    rng = seed_rng("pretrain-text", seed, step)
+    scenes, first, second = [], [], []
+    for _ in range(batch_size // 8):
+        focus, members = sample_group(rng, 8)
+        noise = group_noise(focus, rng, SHORT_CAPTIONS[0])
+        for s in members:
+            scenes.append(s)
+            first.append(caption_facts(s, rng, noise))
+            second.append(caption_facts(s, rng, PRETRAIN_NOISE))
+    fit_a = torch.from_numpy(fit_matrix(scenes, [f for _, f in first])).float()  # scene i, caption a_j
+    fit_b = torch.from_numpy(fit_matrix(scenes, [f for _, f in second])).float()
+    agree = fit_a.T * fit_b
+    agree.fill_diagonal_(1.0)
+    return tokenizer([t for t, _ in first]), tokenizer([t for t, _ in second]), agree
+
+
+def warm_up_text(model, embed: CompactEmbedding, seed: int, steps: int, lr: float, tokenizer) -> None:
+    """Contrastive caption-paraphrase pretraining of the text tower alone.
+
+    Two captions of one scene are positives, captions of scenes that differ in a named
+    attribute are negatives. A text tower trained like this separates shape and texture
+    words; the image tower then learns against it (locked, as in LiT) from the start,
+    instead of both towers settling on colour, the one attribute a fresh ViT sees at once.
+    """
+    params = [embed.weight] + [
+        p for n, p in model.named_parameters() if not n.startswith("visual.") and n not in SKIP_IN_TEXT_WARMUP
+    ]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
+    for step in range(steps):
+        a, b, agree = text_batch(seed, step, 256, tokenizer)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, max(1, steps // 10))
+        ta = F.normalize(encode_text_cut(model, a, embed), dim=-1)
+        tb = F.normalize(encode_text_cut(model, b, embed), dim=-1)
+        logits = 20.0 * ta @ tb.T
+        loss = (
+            F.cross_entropy(logits, agree / agree.sum(1, keepdim=True))
+            + F.cross_entropy(logits.T, agree.T / agree.T.sum(1, keepdim=True))
+        ) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(f"text step {step:4d}/{steps}  loss {loss.item():.3f}", flush=True)
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -277,14 +356,16 @@ def train(
     tokenizer = get_tokenizer(config["model_cfg"]["text_cfg"]["context_length"])
     model = build_model(config, seed)
     embed = CompactEmbedding(model.token_embedding, caption_token_ids(tokenizer))
-    opt = make_optimizer(model, embed, lr, weight_decay=0.1)
-    warmup = max(1, steps // 20)
     model.train()
     start = time.perf_counter()
+    warm_up_text(model, embed, seed, TEXT_WARMUP_STEPS, lr, tokenizer)
+    opt = make_optimizer(model, embed, lr, weight_decay=0.1)
+    warmup = max(1, steps // 20)
+    locked = int(steps * LOCKED_TEXT)
     for step, (images, tokens, fit) in enumerate(batch_stream(seed, steps, batch_size, config, workers)):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
-        loss = clip_loss(model, embed, images, tokens, fit)
+        loss = clip_loss(model, embed, images, tokens, fit, lock_text=step < locked)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
@@ -339,17 +420,27 @@ def zero_shot(model, tokenizer, dataset: str, feats: torch.Tensor, labels: np.nd
     return float((pred == labels).mean() * 100)
 
 
-def probe(train: tuple[torch.Tensor, np.ndarray], test: tuple[torch.Tensor, np.ndarray], shots: int) -> float:
-    """Mean top-1 (percent) of logistic regression on ``shots`` images per class, 3 seeds."""
+def probe(
+    train: tuple[torch.Tensor, np.ndarray],
+    val: tuple[torch.Tensor, np.ndarray],
+    test: tuple[torch.Tensor, np.ndarray],
+    shots: int,
+    seeds: int = 3,
+) -> float:
+    """Mean top-1 (percent) of logistic regression on ``shots`` images per class.
+
+    The inverse regularisation C is picked on the val split from a small grid, per seed.
+    """
     from sklearn.linear_model import LogisticRegression
 
     x, y = train[0].numpy(), train[1]
     accs = []
-    for seed in range(3):
+    for seed in range(seeds):
         rng = np.random.default_rng(seed)
         idx = np.concatenate([rng.choice(np.flatnonzero(y == c), shots, replace=False) for c in np.unique(y)])
-        clf = LogisticRegression(C=10.0, max_iter=2000).fit(x[idx], y[idx])
-        accs.append((clf.predict(test[0].numpy()) == test[1]).mean() * 100)
+        fits = [LogisticRegression(C=c, max_iter=3000).fit(x[idx], y[idx]) for c in (1.0, 10.0, 100.0)]
+        best = max(fits, key=lambda f: (f.predict(val[0].numpy()) == val[1]).mean())
+        accs.append((best.predict(test[0].numpy()) == test[1]).mean() * 100)
     return float(np.mean(accs))
 
 
@@ -363,7 +454,10 @@ def evaluate(model, config: dict, shots: int = 16) -> dict[str, dict[str, float]
         row = {"chance": 100.0 / len(d.classes), "zeroshot": zero_shot(model, tokenizer, name, *test)}
         if shots:
             row[f"probe{shots}"] = probe(
-                encode_split(model, name, "train", config["preprocess_cfg"]), test, shots
+                encode_split(model, name, "train", config["preprocess_cfg"]),
+                encode_split(model, name, "val", config["preprocess_cfg"]),
+                test,
+                shots,
             )
         results[name] = row
     return results
