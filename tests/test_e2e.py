@@ -19,10 +19,6 @@ from fewshot.types import RunResult, RunSpec
 
 TOY = SUITES["toy"]
 SEEDS = (1, 2, 3)
-# The toy CLIP v1 image features do not encode shape or fill pattern (see docs/toyworld.md):
-# nothing can learn on those datasets yet. Strict, so the marks must go once that is fixed.
-UNLEARNED = pytest.mark.xfail(strict=True, reason="toy CLIP v1 does not encode shape or texture")
-TOY_PARAMS = [d if d in ("toy-colors", "toy-objects") else pytest.param(d, marks=UNLEARNED) for d in TOY]
 
 
 def _mean_by_dataset(results: list[RunResult], space: str = "all") -> dict[str, float]:
@@ -37,7 +33,7 @@ def _records(root: Path) -> list[Path]:
     return sorted(root.rglob("*.json"))
 
 
-@pytest.mark.parametrize("dataset", TOY_PARAMS)
+@pytest.mark.parametrize("dataset", TOY)
 def test_coop_16_shots_beats_zeroshot(tmp_path: Path, feature_cache, dataset: str) -> None:
     """The default CoOp (16 shots, 200 epochs) against zero-shot, mean over seeds 1-3."""
     specs = [RunSpec(m, dataset, shots=16, seed=s) for m in ("zeroshot", "coop") for s in SEEDS]
@@ -48,7 +44,7 @@ def test_coop_16_shots_beats_zeroshot(tmp_path: Path, feature_cache, dataset: st
     assert len(_records(tmp_path)) == len(specs)
 
 
-@pytest.mark.parametrize("dataset", TOY_PARAMS)
+@pytest.mark.parametrize("dataset", TOY)
 def test_linear_probe_improves_with_shots(tmp_path: Path, feature_cache, dataset: str) -> None:
     specs = [RunSpec("linear-probe", dataset, shots=k, seed=s) for k in (1, 16) for s in SEEDS]
     results = sweep(specs, results_dir=tmp_path, cache=feature_cache)
