@@ -352,7 +352,6 @@ class CaptionNoise:
     rare: Mapping[str, float] = field(default_factory=dict)
     flip: float = 0.08
     clause: float = 0.3
-    varied: bool = True  # False: always "a photo of ..." and "on a ... background"
 
 
 def _article(word: str) -> str:
@@ -419,11 +418,9 @@ def caption_facts(
     if rng.random() < noise.clause:
         phrase += " " + _clause(scene, rng)
     if "background" in facts:
-        bg = str(rng.choice(_BG_PHRASES)) if noise.varied else _BG_PHRASES[0]
-        phrase += " " + bg.format(facts["background"])
+        phrase += " " + str(rng.choice(_BG_PHRASES)).format(facts["background"])
     there = "there are {}." if scene.count > 1 else "there is {}."
-    frame = str(rng.choice([*_FRAMES, there])) if noise.varied else _FRAMES[0]
-    return frame.format(phrase), facts
+    return str(rng.choice([*_FRAMES, there])).format(phrase), facts
 
 
 _CLAIM_POOLS: dict[str, tuple[str, ...]] = {
