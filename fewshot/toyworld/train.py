@@ -266,7 +266,11 @@ def clip_loss(
 
 
 def make_optimizer(model, embed: CompactEmbedding, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with one group per (tower, decay); no decay on gains, biases, embeddings, temperature."""
+    """AdamW with one group per (tower, decay); no decay on gains, biases, embeddings, temperature.
+
+    Parameters without a gradient (the text tower while it is locked) are left untouched,
+    weight decay included: AdamW skips them.
+    """
     groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {
         (tower, decay): [] for tower in ("image", "text") for decay in (True, False)
     }
@@ -279,8 +283,8 @@ def make_optimizer(model, embed: CompactEmbedding, lr: float, weight_decay: floa
         groups[(tower, not no_decay)].append(p)
     return torch.optim.AdamW(
         [
-            {"params": ps, "weight_decay": weight_decay if decay else 0.0, "tower": tower}
-            for (tower, decay), ps in groups.items()
+            {"params": ps, "weight_decay": weight_decay if decay else 0.0}
+            for (_, decay), ps in groups.items()
         ],
         lr=lr,
         betas=(0.9, 0.98),
