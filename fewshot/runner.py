@@ -100,6 +100,7 @@ def run(
         "trainable_params": float(adapter.trainable_parameters()),
         "images_encoded": float(cache.images_encoded - encoded_before),
     }
+    costs.update({key: float(value) for key, value in adapter.extra_costs().items()})
     provenance = _provenance(spec, task, dspec.version, dspec.split_source, backbone)
     provenance["method_version"] = method_cls.version
     return RunResult(spec, "ok", metrics, costs, config.to_dict(), provenance)

@@ -135,3 +135,8 @@ class Adapter(abc.ABC):
             if isinstance(value, torch.nn.Module):
                 total += sum(p.numel() for p in value.parameters() if p.requires_grad)
         return total
+
+    def extra_costs(self) -> dict[str, float]:
+        """Method-specific costs merged into the record's ``costs`` (e.g. CoCoOp's count of
+        prompts run through the text tower, which grows with batch x classes). Default: none."""
+        return {}
