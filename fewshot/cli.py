@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 import fewshot
-from fewshot.types import PROTOCOLS, BackboneSpec, ConfigError, FewshotError, RunSpec
+from fewshot.types import PROTOCOLS, TRANSFER_PROTOCOLS, BackboneSpec, ConfigError, FewshotError, RunSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -130,6 +130,15 @@ BackboneOpt = Annotated[
 ProtocolOpt = Annotated[
     str, _opt("--protocol", metavar="NAME", help=", ".join(PROTOCOLS) + ".", show_default=True)
 ]
+SourceOpt = Annotated[
+    str | None,
+    _opt(
+        "--source",
+        metavar="NAME",
+        help="cross-dataset / domain-generalization: the dataset to train on "
+        "(default: imagenet for coop11, toy-objects for toy; see docs/cli.md).",
+    ),
+]
 DeviceOpt = Annotated[
     str,
     _opt(
@@ -212,6 +221,7 @@ class _Plan:
     backbone: str = "toy"
     protocol: str = "fewshot"
     aug_views: int = 10
+    targets: tuple[str, ...] = ()  # cross-dataset / domain-generalization: datasets[0] is the source
     overrides: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -224,7 +234,8 @@ class _Plan:
             return None
 
     def specs(self, device: str) -> list[RunSpec]:
-        """The grid: methods x datasets x shots x seeds, in that nesting order."""
+        """The grid: methods x datasets x shots x seeds (x source and targets), in that order."""
+        targets = ("", *self.targets) if self.targets else ("",)
         return [
             RunSpec(
                 m,
@@ -235,12 +246,14 @@ class _Plan:
                 backbone=self.backbone,
                 overrides=self.overrides[m],
                 aug_views=self.aug_views,
+                target=t,
                 device=device,
             )
             for m in self.methods
             for d in self.datasets
             for k in self.shots
             for s in self.seeds
+            for t in targets
         ]
 
 
@@ -317,17 +330,24 @@ def _resolve_device(device: str) -> str:
 def _plan_run(methods: list[str], names: list[str], opts: dict[str, Any], data_root: Path | None) -> _Plan:
     """Validate every input before anything runs; collect one line per problem."""
     from fewshot.datasets import resolve_datasets
+    from fewshot.protocols import transfer_plan
 
     plan = _Plan()
     if not names and data_root is not None:
         plan.problems.append("No dataset given: pass --dataset NAME or --suite NAME (`fewshot list suites`).")
     plan.methods = plan.check(_check_methods, methods) or []
-    plan.datasets = plan.check(resolve_datasets, names or ["toy"]) or []
+    plan.protocol = plan.check(_check_protocol, opts["protocol"]) or ""
+    if plan.protocol in TRANSFER_PROTOCOLS:
+        transfer = plan.check(transfer_plan, plan.protocol, names or ["toy"], opts["source"])
+        plan.datasets, plan.targets = ([transfer[0]], transfer[1]) if transfer else ([], ())
+    elif opts["source"]:
+        plan.problems.append("--source applies to --protocol cross-dataset or domain-generalization only.")
+    else:
+        plan.datasets = plan.check(resolve_datasets, names or ["toy"]) or []
     plan.shots = plan.check(_ints, opts["shots"], "--shots", 1) or []
     plan.seeds = plan.check(_ints, opts["seeds"], "--seeds", 0) or []
     spec = plan.check(BackboneSpec.parse, opts["backbone"])
     plan.backbone = spec.id if spec else ""
-    plan.protocol = plan.check(_check_protocol, opts["protocol"]) or ""
     plan.aug_views = plan.check(_check_aug_views, opts["aug_views"]) or 0
     if plan.methods and plan.protocol and plan.shots:
         plan.overrides = (
@@ -345,6 +365,7 @@ def run_command(
     seeds: SeedsOpt = ["1,2,3"],  # noqa: B006
     backbone: BackboneOpt = "toy",
     protocol: ProtocolOpt = "fewshot",
+    source: SourceOpt = None,
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results/runs"),
     aug_views: AugViewsOpt = "10",
@@ -354,7 +375,9 @@ def run_command(
 ) -> None:
     """Run methods x datasets x shots x seeds; one record per run; a summary at the end.
 
-    Runs already recorded (same spec) are skipped, so an interrupted sweep resumes.
+    Runs already recorded (same spec) are skipped, so an interrupted sweep resumes. With
+    --protocol cross-dataset or domain-generalization, each method is fitted once on the
+    source and scored on it and on every target: one record each.
     """
     names = _split(dataset) + _split(suite)
     opts = {
@@ -362,6 +385,7 @@ def run_command(
         "seeds": seeds,
         "backbone": backbone,
         "protocol": protocol,
+        "source": source,
         "aug_views": aug_views,
         "sets": list(set_ or []),
     }

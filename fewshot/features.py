@@ -536,6 +536,7 @@ class SubsetImages:
             raise FewshotError(f"SubsetImages: labels {unknown[:5]} are not in the training label space.")
         self.labels = [relabel[it.label] for it in self.items]
         self.num_workers = num_workers
+        self.served = 0  # images handed out by the loaders: a method encodes each one (cost)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -598,4 +599,6 @@ class _EpochLoader:
             num_workers=src.num_workers,
             pin_memory=torch.device(src.backbone.device).type == "cuda",
         )
-        yield from loader
+        for images, labels in loader:
+            src.served += len(labels)
+            yield images, labels

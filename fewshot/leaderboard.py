@@ -502,6 +502,7 @@ def _failed_table(records: pd.DataFrame) -> pd.DataFrame:
     names = {
         "variant": "Method",
         "dataset": "Dataset",
+        "target": "Target",
         "backbone": "Backbone",
         "protocol": "Protocol",
         "shots": "Shots",
@@ -708,7 +709,10 @@ def summary_table(results: list[RunResult]) -> pd.DataFrame:
     ok = frame[(frame["status"] == "ok") & (frame["space"] != "")]
     means = ok.pivot_table(index=group_cols, columns="space", values="accuracy", aggfunc="mean", dropna=False)
     runs = frame.drop_duplicates("spec_hash").assign(ok=lambda f: f["status"] == "ok")
-    counts = runs.groupby(group_cols)["ok"].agg(seeds="sum", failed=lambda s: int((~s).sum()))
+    # A seed counts once, and as failed if any of its records failed (transfer runs write
+    # one record per target).
+    per_seed = runs.groupby([*group_cols, "seed"])["ok"].all().reset_index()
+    counts = per_seed.groupby(group_cols)["ok"].agg(seeds="sum", failed=lambda s: int((~s).sum()))
     table = counts.join(means, how="left").rename(columns={"all": "accuracy"}).reset_index()
     if {"base", "novel"} <= set(table.columns):
         table["hm"] = [

@@ -33,6 +33,7 @@ import json
 import math
 import random
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -64,6 +65,7 @@ __all__ = [
     "save_subset",
     "subset_path",
     "task_for",
+    "transfer_plan",
 ]
 
 SUBSET_FORMAT = 1
@@ -273,3 +275,73 @@ def _check_fits(subset: Subset, splits: Splits, dataset: str, shots: int, seed: 
         raise FewshotError(
             f"Few-shot subset file for {dataset} K={shots} seed={seed} does not fit the splits."
         )
+
+
+# ------------------------------------------------------------------------------------------
+# Cross-dataset transfer and domain generalisation (METHODS.md §1.4-1.5)
+
+# The source a suite's cross-dataset table trains on (CoOp/CoCoOp/MaPLe: ImageNet).
+TRANSFER_SOURCES: dict[str, str] = {"coop11": "imagenet", "proapo13": "imagenet", "toy": "toy-objects"}
+
+
+def _shifts_of(source: str) -> list[str]:
+    """Registered datasets that are shifted domains of ``source`` (``Dataset.domain_of``)."""
+    from fewshot.datasets import DATASETS
+
+    return [name for name in DATASETS.names() if DATASETS.get(name).domain_of == source]
+
+
+def transfer_plan(
+    protocol: str, names: Sequence[str], source: str | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """The (source, targets) of a ``cross-dataset`` or ``domain-generalization`` run.
+
+    ``names`` are the datasets and suites the user gave. Cross-dataset: the source is
+    ``source``, else the designated source of a suite given (:data:`TRANSFER_SOURCES`: coop11
+    trains on ImageNet, toy on toy-objects), else the first dataset; the targets are the other
+    datasets given or, when only the source is given, the other members of its first suite.
+    Domain generalisation: the source is ``source``, else the dataset the given shifted
+    domains belong to, else the first dataset that has shifted domains; the targets are the
+    shifted domains given, or all registered shifted domains of the source.
+    """
+    from fewshot.datasets import DATASETS, SUITES, resolve_datasets
+
+    datasets = resolve_datasets(list(names))
+    if source is not None:
+        source = resolve_datasets([source])[0]
+    if protocol == "cross-dataset":
+        if source is None:
+            designated = [TRANSFER_SOURCES[n] for n in names if n in TRANSFER_SOURCES]
+            source = designated[0] if designated else datasets[0]
+        targets = [d for d in datasets if d != source]
+        if not targets:
+            suite = next((m for m in SUITES.values() if source in m and len(m) > 1), ())
+            targets = [d for d in suite if d != source]
+        if not targets:
+            raise ConfigError(
+                f"Cross-dataset transfer from {source} needs target datasets: add them with "
+                "--dataset NAME or --suite NAME (e.g. --suite coop11)."
+            )
+        return source, tuple(targets)
+    if protocol != "domain-generalization":
+        raise ConfigError(f"transfer_plan takes cross-dataset or domain-generalization, not {protocol!r}.")
+    if source is None:
+        domains = list(dict.fromkeys(d for d in datasets if DATASETS.get(d).domain_of))
+        owners = list(dict.fromkeys(DATASETS.get(d).domain_of for d in domains))
+        if len(owners) > 1:
+            raise ConfigError(
+                f"The shifted domains given belong to several sources ({', '.join(map(str, owners))}); "
+                "pass --source NAME."
+            )
+        with_shifts = [d for d in datasets if _shifts_of(d)]
+        source = owners[0] if owners else with_shifts[0] if with_shifts else None
+        if source is None:
+            raise ConfigError(
+                f"None of {', '.join(datasets)} has shifted domains registered. Domain generalisation "
+                "trains on a source (e.g. imagenet, toy-shapes) and evaluates its shifted domains "
+                "(imagenet-shift, toy-shift)."
+            )
+    targets = [d for d in datasets if DATASETS.get(d).domain_of == source] or _shifts_of(source)
+    if not targets:
+        raise ConfigError(f"{source} has no shifted domains registered to evaluate on.")
+    return str(source), tuple(targets)

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from fewshot.features import FeatureCache
     from fewshot.methods.base import Adapter, FitContext
 
-__all__ = ["ProgressFn", "run", "sweep"]
+__all__ = ["ProgressFn", "run", "run_fit", "sweep"]
 
 ProgressFn = Callable[[int, str], Iterator[int]]
 EVAL_BATCH = 1024
@@ -59,13 +59,35 @@ def run(
     cache: FeatureCache | None = None,
     progress: ProgressFn | None = None,
 ) -> RunResult:
-    """Fit ``spec.method`` on one few-shot task and score it on the test split."""
+    """Fit ``spec.method`` on one few-shot task and score it on the test split.
+
+    The test split is the source's own, or, with ``spec.target``, the target dataset's.
+    """
+    return run_fit([spec], data_root=data_root, cache=cache, progress=progress)[0]
+
+
+def run_fit(
+    specs: Sequence[RunSpec],
+    *,
+    data_root: Path | None = None,
+    cache: FeatureCache | None = None,
+    progress: ProgressFn | None = None,
+) -> list[RunResult]:
+    """Fit once for specs that share one fit (:attr:`RunSpec.fit_spec`) and score each.
+
+    Cross-dataset and domain-generalization runs evaluate one fitted adapter on the source
+    and on every target; each gets its own result. With several specs, a target that fails
+    to evaluate gets a failure result and the others go on; a failing fit raises.
+    """
     from fewshot.backbones import load_backbone
     from fewshot.datasets import get_dataset
     from fewshot.features import FeatureCache
     from fewshot.methods import METHODS
     from fewshot.protocols import task_for
 
+    if not specs or any(s.fit_spec != specs[0].fit_spec for s in specs):
+        raise ValueError("run_fit needs one or more specs that share a fit (differing only in target).")
+    spec = specs[0].fit_spec
     cache = cache if cache is not None else FeatureCache()
     start, encoded_before = time.perf_counter(), cache.images_encoded
     device = torch.device(spec.device)
@@ -84,26 +106,109 @@ def run(
     fit_start = time.perf_counter()
     with _autocast(device)():
         adapter.fit(ctx)
-    fit_time = time.perf_counter() - fit_start
+    fit_end = time.perf_counter()
+    fit_extra = _extra_costs(adapter)
+    fit_costs = {
+        "fit_time_s": round(fit_end - fit_start, 3),
+        "trainable_params": float(adapter.trainable_parameters()),
+        # Images that passed through the encoder while fitting: cache misses, plus every
+        # image an IMAGES method (or online augmentation) drew from the loaders.
+        "fit_images_encoded": float(
+            cache.images_encoded - encoded_before + _served(ctx.train_images) + _served(ctx.val_images)
+        ),
+    }
+    provenance = _provenance(spec, task, dspec.version, dspec.split_source, backbone)
+    provenance["method_version"] = method_cls.version
 
+    results: list[RunResult] = []
+    for record_spec in specs:
+        eval_start, eval_encoded = time.perf_counter(), cache.images_encoded
+        extra_before = _extra_costs(adapter)
+        try:
+            if record_spec.target:
+                metrics, extra = _score_target(adapter, backbone, record_spec.target, data_root, cache)
+            else:
+                metrics, extra = _score_source(adapter, backbone, dataset, splits, task, cache), {}
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            if len(specs) == 1:
+                raise
+            results.append(_failure(record_spec, exc))
+            continue
+        # Costs of this record: the shared setup and fit, plus its own evaluation.
+        eval_time = time.perf_counter() - eval_start
+        costs = {
+            "wall_time_s": round(fit_end - start + eval_time, 3),
+            **fit_costs,
+            "eval_time_s": round(eval_time, 3),
+            "peak_memory_mb": _peak_memory_mb(device),
+            "images_encoded": fit_costs["fit_images_encoded"] + cache.images_encoded - eval_encoded,
+        }
+        for key, value in _extra_costs(adapter).items():  # the fit's share plus this evaluation's
+            costs[key] = fit_extra.get(key, 0.0) + value - extra_before.get(key, 0.0)
+        results.append(
+            RunResult(record_spec, "ok", metrics, costs, config.to_dict(), {**provenance, **extra})
+        )
+    return results
+
+
+def _score_source(
+    adapter: Adapter,
+    backbone: Backbone,
+    dataset: Dataset,
+    splits: Splits,
+    task: FewShotTask,
+    cache: FeatureCache,
+) -> dict[str, float | None]:
+    """Accuracy on every evaluated label space of the source's test split."""
     metrics: dict[str, float | None] = {}
     for space in task.eval_spaces:
         if not adapter.supports_novel and not set(space.labels) <= set(task.train_space.labels):
             metrics[space.name] = None  # not applicable: classes the method never saw
             continue
         metrics[space.name] = _evaluate(adapter, backbone, dataset, splits.test, space, cache)
+    return metrics
 
-    costs = {
-        "wall_time_s": round(time.perf_counter() - start, 3),
-        "fit_time_s": round(fit_time, 3),
-        "peak_memory_mb": _peak_memory_mb(device),
-        "trainable_params": float(adapter.trainable_parameters()),
-        "images_encoded": float(cache.images_encoded - encoded_before),
+
+def _score_target(
+    adapter: Adapter, backbone: Backbone, target: str, data_root: Path | None, cache: FeatureCache
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """Accuracy on a target's whole test split, over the target's own class names.
+
+    Returns the metrics (keyed by the target's name) and the target's provenance.
+    """
+    from fewshot.datasets import get_dataset
+
+    dataset = get_dataset(target, data_root)
+    tspec, splits = dataset.spec(), dataset.splits()
+    provenance = {
+        "target_split_hash": splits.hash,
+        "target_dataset_version": tspec.version,
+        "target_split_source": tspec.split_source,
     }
-    costs.update({key: float(value) for key, value in adapter.extra_costs().items()})
-    provenance = _provenance(spec, task, dspec.version, dspec.split_source, backbone)
-    provenance["method_version"] = method_cls.version
-    return RunResult(spec, "ok", metrics, costs, config.to_dict(), provenance)
+    if not adapter.supports_novel:
+        return {target: None}, provenance  # a closed-set classifier cannot take new class names
+    space = LabelSpace(target, target, tuple(range(tspec.num_classes)))
+    return {target: _evaluate(adapter, backbone, dataset, splits.test, space, cache)}, provenance
+
+
+def _served(images: object) -> int:
+    """Images a loader has handed out (SubsetImages counts them)."""
+    return int(getattr(images, "served", 0))
+
+
+def _extra_costs(adapter: Adapter) -> dict[str, float]:
+    return {key: float(value) for key, value in adapter.extra_costs().items()}
+
+
+def _failure(spec: RunSpec, exc: BaseException) -> RunResult:
+    """A failure record with the reason and the end of the traceback."""
+    from fewshot.results import collect_provenance
+
+    reason = f"{type(exc).__name__}: {exc}"
+    detail = "".join(traceback.format_exception(exc)[-6:])
+    return RunResult(spec, "failed", error=reason, provenance=collect_provenance(traceback=detail))
 
 
 # ------------------------------------------------------------------------------------------
@@ -277,20 +382,31 @@ def sweep(
     console = console or Console(stderr=True)
     cache = cache if cache is not None else FeatureCache()
     _preflight(specs, data_root)
-    results: list[RunResult] = []
-    with _SweepProgress(console, len(specs)) as bar, _threads_for(specs):
-        for spec in specs:
-            previous = find_record(spec, results_dir)
-            if previous is not None and previous.ok:
-                results.append(previous)
-                bar.advance(f"{spec.variant} {spec.dataset} k{spec.shots} s{spec.seed}: recorded, skipped")
+    done: dict[RunSpec, RunResult] = {}
+    fits: dict[RunSpec, list[RunSpec]] = {}  # one fit per source; its records, in sweep order
+    for spec in specs:
+        fits.setdefault(spec.fit_spec, []).append(spec)
+    with _SweepProgress(console, len(fits)) as bar, _threads_for(specs):
+        for fit_spec, members in fits.items():
+            todo = []
+            for spec in dict.fromkeys(members):
+                previous = find_record(spec, results_dir)
+                if previous is not None and previous.ok:
+                    done[spec] = previous
+                else:
+                    todo.append(spec)
+            head = f"{fit_spec.variant} {fit_spec.dataset} k{fit_spec.shots} s{fit_spec.seed}"
+            if not todo:
+                bar.advance(f"{head}: recorded, skipped")
                 continue
-            bar.start(f"{spec.variant} {spec.dataset} k{spec.shots} s{spec.seed}")
-            result = _run_or_fail(spec, data_root, cache, bar.epochs)
-            write_record(result, spec.record_path(results_dir))
-            results.append(result)
-            bar.advance(_one_line(result))
-    return results
+            bar.start(head)
+            lines = []
+            for result in _run_or_fail(todo, data_root, cache, bar.epochs):
+                write_record(result, result.spec.record_path(results_dir))
+                done[result.spec] = result
+                lines.append(_one_line(result))
+            bar.advance("\n".join(lines))
+    return [done[spec] for spec in specs]
 
 
 @contextlib.contextmanager
@@ -312,18 +428,14 @@ def _threads_for(specs: Sequence[RunSpec]) -> Iterator[None]:
 
 
 def _run_or_fail(
-    spec: RunSpec, data_root: Path | None, cache: FeatureCache, progress: ProgressFn
-) -> RunResult:
+    specs: list[RunSpec], data_root: Path | None, cache: FeatureCache, progress: ProgressFn
+) -> list[RunResult]:
     try:
-        return run(spec, data_root=data_root, cache=cache, progress=progress)
+        return run_fit(specs, data_root=data_root, cache=cache, progress=progress)
     except (KeyboardInterrupt, SystemExit):
         raise  # an interrupted run leaves no record; rerunning the sweep resumes here
     except Exception as exc:
-        from fewshot.results import collect_provenance
-
-        reason = f"{type(exc).__name__}: {exc}"
-        detail = "".join(traceback.format_exception(exc)[-6:])
-        return RunResult(spec, "failed", error=reason, provenance=collect_provenance(traceback=detail))
+        return [_failure(spec, exc) for spec in specs]
 
 
 def _preflight(specs: Sequence[RunSpec], data_root: Path | None) -> None:
@@ -333,7 +445,7 @@ def _preflight(specs: Sequence[RunSpec], data_root: Path | None) -> None:
     from fewshot.methods import METHODS
 
     problems: list[str] = []
-    for name in sorted({s.dataset for s in specs} | {t for s in specs for t in s.targets}):
+    for name in sorted({s.dataset for s in specs} | {s.target for s in specs if s.target}):
         dataset = get_dataset(name, data_root)
         if not dataset.is_present():
             problems.append(f"{name}: missing — {dataset.fix_hint()}")
@@ -347,7 +459,8 @@ def _preflight(specs: Sequence[RunSpec], data_root: Path | None) -> None:
 
 def _one_line(result: RunResult) -> str:
     spec = result.spec
-    head = f"{spec.variant} {spec.dataset} k{spec.shots} s{spec.seed}"
+    to = f" -> {spec.target}" if spec.target else ""
+    head = f"{spec.variant} {spec.dataset}{to} k{spec.shots} s{spec.seed}"
     if not result.ok:
         return f"{head}: [red]failed[/red] ({result.error})"
     scores = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in result.metrics.items())

@@ -360,12 +360,18 @@ class AdapterConfig:
 
 
 PROTOCOLS = ("fewshot", "base2novel", "cross-dataset", "domain-generalization")
+TRANSFER_PROTOCOLS = ("cross-dataset", "domain-generalization")  # fit on a source, score targets
 SHOTS = (1, 2, 4, 8, 16)
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: a method (with overrides) on one dataset, shot count, seed and protocol."""
+    """One record: a method (with overrides) on one dataset, shot count, seed and protocol.
+
+    For ``cross-dataset`` and ``domain-generalization``, ``dataset`` is the source the method
+    is fitted on and ``target`` the dataset this record evaluates (empty: the source's own
+    test split). Specs that differ only in ``target`` share one fit (:attr:`fit_spec`).
+    """
 
     method: str
     dataset: str
@@ -375,7 +381,7 @@ class RunSpec:
     backbone: str = "toy"
     overrides: tuple[tuple[str, str], ...] = ()  # --set key=value, sorted
     aug_views: int = 10  # augmented views per support image; 0 = online augmentation
-    targets: tuple[str, ...] = ()  # evaluation datasets for cross-dataset / domain generalisation
+    target: str = ""  # cross-dataset / domain-generalization: the dataset evaluated ("" = the source)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -387,7 +393,19 @@ class RunSpec:
             raise ConfigError(f"Unknown protocol {self.protocol!r}.{hint} Protocols: {', '.join(PROTOCOLS)}.")
         if self.aug_views < 0:
             raise ConfigError(f"--aug-views must be >= 0 or 'online', got {self.aug_views}.")
+        if self.target and self.protocol not in TRANSFER_PROTOCOLS:
+            raise ConfigError(
+                f"A target dataset ({self.target}) needs protocol cross-dataset or "
+                f"domain-generalization, not {self.protocol}."
+            )
+        if self.target == self.dataset and self.target:
+            raise ConfigError(f"Target {self.target} is the source itself; leave target empty for it.")
         object.__setattr__(self, "overrides", tuple(sorted(self.overrides)))
+
+    @property
+    def fit_spec(self) -> RunSpec:
+        """The spec of the fit this record evaluates: the same spec without a target."""
+        return dataclasses.replace(self, target="") if self.target else self
 
     @property
     def variant(self) -> str:
@@ -402,25 +420,29 @@ class RunSpec:
         """Identity of the run's result; the device is not part of it."""
         data = dataclasses.asdict(self)
         data.pop("device")
+        # Hashed as a list, the form records written before per-target records had.
+        data["targets"] = [data.pop("target")] if self.target else []
         return stable_hash(data)
 
     def record_path(self, root: Path) -> Path:
         """Where this run's record lives under a results folder."""
         backbone = BackboneSpec.parse(self.backbone).safe_name
-        name = f"{self.protocol}-k{self.shots}-s{self.seed}.json"
+        to = f"-to-{safe_name(self.target)}" if self.target else ""
+        name = f"{self.protocol}-k{self.shots}-s{self.seed}{to}.json"
         return Path(root) / safe_name(self.dataset) / backbone / safe_name(self.variant) / name
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["overrides"] = [list(kv) for kv in self.overrides]
-        data["targets"] = list(self.targets)
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
         data = dict(data)
         data["overrides"] = tuple(tuple(kv) for kv in data.get("overrides", ()))
-        data["targets"] = tuple(data.get("targets", ()))
+        targets = data.pop("targets", ())  # records from before per-target records
+        if targets and not data.get("target"):
+            data["target"] = str(targets[0])
         return cls(**data)
 
 
@@ -460,4 +482,4 @@ class RunResult:
         return cls(**data)
 
 
-__all__ += ["PROTOCOLS", "SHOTS", "RunResult"]
+__all__ += ["PROTOCOLS", "SHOTS", "TRANSFER_PROTOCOLS", "RunResult"]

@@ -98,10 +98,11 @@ def test_find_record(tmp_path: Path) -> None:
     write_record(result, spec.record_path(tmp_path))
     found = find_record(spec, tmp_path)
     assert found is not None and found.spec == spec
-    # Same record path, other spec hash (targets are not in the path): not this run's record.
-    other = RunSpec("coop", "toy-shapes", shots=4, seed=2, targets=("toy-colors",))
-    assert other.record_path(tmp_path) == spec.record_path(tmp_path)
-    assert find_record(other, tmp_path) is None
+    # A record of another spec at this spec's path (moved by hand): not this run's record.
+    other = RunSpec("coop", "toy-colors", shots=4, seed=2)
+    write_record(RunResult(other, metrics={"all": 1.0}), spec.record_path(tmp_path))
+    assert find_record(spec, tmp_path) is None
+    write_record(result, spec.record_path(tmp_path))
     # A corrupt record is reported and treated as absent, never deleted.
     spec.record_path(tmp_path).write_text("{")
     with pytest.warns(UserWarning, match="not valid JSON"):

@@ -103,8 +103,33 @@ def test_run_spec_validation_variant_and_paths(tmp_path: Path) -> None:
     assert plain.hash != tuned.hash
 
 
+def test_transfer_specs_share_one_fit() -> None:
+    source = RunSpec("coop", "toy-objects", protocol="cross-dataset")
+    target = RunSpec("coop", "toy-objects", protocol="cross-dataset", target="toy-colors")
+    assert target.fit_spec == source and source.fit_spec is source
+    assert target.hash != source.hash
+    assert target.record_path(Path("r")) != source.record_path(Path("r"))
+    with pytest.raises(ConfigError, match="needs protocol cross-dataset"):
+        RunSpec("coop", "toy-objects", target="toy-colors")
+    with pytest.raises(ConfigError, match="is the source itself"):
+        RunSpec("coop", "toy-objects", protocol="cross-dataset", target="toy-objects")
+
+
+def test_records_of_the_older_targets_form_keep_their_identity() -> None:
+    """Records written before per-target records stored ``targets: []``; they still match."""
+    spec = RunSpec("coop", "toy-shapes", shots=4, seed=2)
+    old = RunResult(spec).to_dict()
+    old["spec"].pop("target")
+    old["spec"]["targets"] = []
+    assert RunResult.from_dict(old).spec == spec
+    old["spec"]["targets"], old["spec"]["protocol"] = ["toy-colors"], "cross-dataset"
+    assert RunResult.from_dict(old).spec.target == "toy-colors"
+
+
 def test_run_result_round_trip() -> None:
-    spec = RunSpec("coop", "toy-shapes", overrides=(("n_ctx", "4"),), targets=("toy-colors",))
+    spec = RunSpec(
+        "coop", "toy-shapes", overrides=(("n_ctx", "4"),), protocol="cross-dataset", target="toy-colors"
+    )
     result = RunResult(spec, metrics={"base": 80.0, "novel": None}, costs={"wall_time_s": 1.5})
     data = result.to_dict()
     assert data["spec_hash"] == spec.hash

@@ -1,0 +1,145 @@
+"""Cross-dataset transfer and domain generalisation on the toy world (METHODS.md §1.4-1.5).
+
+One fit on the source, one record per evaluated dataset (the source and each target),
+through the real runner, datasets and feature cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fewshot.cli import app
+from fewshot.datasets import get_dataset
+from fewshot.leaderboard import build_leaderboard
+from fewshot.protocols import transfer_plan
+from fewshot.results import read_record
+from fewshot.runner import sweep
+from fewshot.types import ConfigError, RunSpec
+
+
+def test_transfer_plan_defaults_on_the_toy_suite() -> None:
+    assert transfer_plan("cross-dataset", ["toy"]) == (
+        "toy-objects",
+        ("toy-shapes", "toy-colors", "toy-textures"),
+    )
+    assert transfer_plan("domain-generalization", ["toy"]) == ("toy-shapes", ("toy-shapes-sketch",))
+    assert transfer_plan("domain-generalization", ["toy-shift"]) == ("toy-shapes", ("toy-shapes-sketch",))
+    # A source alone: the other members of its suite are the targets.
+    assert transfer_plan("cross-dataset", ["toy-colors"]) == (
+        "toy-colors",
+        ("toy-shapes", "toy-textures", "toy-objects"),
+    )
+    # An explicit source; the targets are the others given.
+    assert transfer_plan("cross-dataset", ["toy-colors", "toy-shapes"], source="toy-shapes") == (
+        "toy-shapes",
+        ("toy-colors",),
+    )
+
+
+def test_transfer_plan_errors_name_the_fix() -> None:
+    with pytest.raises(ConfigError, match="has shifted domains"):
+        transfer_plan("domain-generalization", ["toy-colors"])
+    with pytest.raises(ConfigError, match="needs target datasets"):
+        transfer_plan("cross-dataset", ["toy-shapes-sketch"])
+    with pytest.raises(ConfigError, match="Unknown dataset"):
+        transfer_plan("cross-dataset", ["toy"], source="imagenett")
+
+
+def _specs(method: str, protocol: str, source: str, targets: tuple[str, ...], **kw: object) -> list[RunSpec]:
+    return [
+        RunSpec(method, source, shots=4, seed=1, protocol=protocol, target=t, **kw)  # type: ignore[arg-type]
+        for t in ("", *targets)
+    ]
+
+
+def test_cross_dataset_writes_one_record_per_target_and_matches_direct_zeroshot(
+    tmp_path: Path, feature_cache
+) -> None:
+    source, targets = transfer_plan("cross-dataset", ["toy"])
+    results = sweep(
+        _specs("zeroshot", "cross-dataset", source, targets), results_dir=tmp_path, cache=feature_cache
+    )
+    assert [r.spec.target for r in results] == ["", *targets]
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert set(results[0].metrics) == {"all"}
+    for result in results[1:]:
+        assert set(result.metrics) == {result.spec.target}
+        target = get_dataset(result.spec.target)
+        assert result.provenance["target_split_hash"] == target.splits().hash
+        assert result.provenance["target_dataset_version"] == target.spec().version
+    assert len(list(tmp_path.rglob("*.json"))) == 1 + len(targets)
+
+    # Zero-shot has nothing to fit: its score on a target is its few-shot score there.
+    direct = sweep(
+        [RunSpec("zeroshot", t, shots=4, seed=1) for t in targets],
+        results_dir=tmp_path / "d",
+        cache=feature_cache,
+    )
+    for transfer, plain in zip(results[1:], direct, strict=True):
+        assert transfer.metrics[transfer.spec.target] == pytest.approx(plain.metrics["all"])
+
+
+def test_one_fit_serves_every_target_and_resume_recomputes_only_missing(
+    tmp_path: Path, feature_cache
+) -> None:
+    specs = _specs(
+        "coop", "domain-generalization", "toy-shapes", ("toy-shapes-sketch",), overrides=(("epochs", "3"),)
+    )
+    first = sweep(specs, results_dir=tmp_path, cache=feature_cache)
+    assert all(r.ok for r in first)
+    # Both records come from the same fit: the same fit costs, own evaluation costs.
+    assert first[0].costs["fit_time_s"] == first[1].costs["fit_time_s"]
+    assert first[0].costs["trainable_params"] == first[1].costs["trainable_params"] > 0
+    assert first[1].costs["images_encoded"] >= 0 and "eval_time_s" in first[1].costs
+
+    source_path, target_path = (s.record_path(tmp_path) for s in specs)
+    kept = source_path.read_bytes()
+    target_path.unlink()
+    again = sweep(specs, results_dir=tmp_path, cache=feature_cache)
+    assert source_path.read_bytes() == kept  # a recorded result is never rewritten
+    # Same seed, same fit: the recomputed target record has the same score.
+    assert again[1].metrics == first[1].metrics
+    assert read_record(target_path).metrics == first[1].metrics
+
+
+def test_closed_set_methods_are_not_applicable_on_targets(tmp_path: Path, feature_cache) -> None:
+    specs = _specs("linear-probe", "cross-dataset", "toy-colors", ("toy-shapes",))
+    source, target = sweep(specs, results_dir=tmp_path, cache=feature_cache)
+    assert source.ok and source.metrics["all"] is not None
+    assert target.ok and target.metrics == {"toy-shapes": None}
+
+
+def test_cli_domain_generalization_on_the_toy_suite_and_leaderboard(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("run", "-m", "zeroshot", "--protocol", "domain-generalization", "--suite", "toy"),
+            *("--shots", "2", "--seeds", "1,2", "--results", str(runs)),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    records = sorted(p.name for p in runs.rglob("*.json"))
+    assert records == [
+        "domain-generalization-k2-s1-to-toy-shapes-sketch.json",
+        "domain-generalization-k2-s1.json",
+        "domain-generalization-k2-s2-to-toy-shapes-sketch.json",
+        "domain-generalization-k2-s2.json",
+    ]
+    assert all(p.parent.parent.parent.name == "toy-shapes" for p in runs.rglob("*.json"))
+    lb = build_leaderboard(runs)
+    row = lb.transfer["domain-generalization"].iloc[0]
+    assert row["Trained on"] == "toy-shapes" and row["Targets"] == "1/1"
+    assert row["toy-shapes-sketch"] != "—" and row["Mean over targets"] == row["toy-shapes-sketch"].split()[0]
+
+
+def test_cli_source_only_with_transfer_protocols(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["run", "-m", "zeroshot", "--source", "toy-shapes", "--results", str(tmp_path)]
+    )
+    assert result.exit_code != 0
+    assert "--source applies to --protocol cross-dataset or domain-generalization" in result.output
+    assert not list(tmp_path.rglob("*.json"))
