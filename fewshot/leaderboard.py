@@ -63,12 +63,14 @@ CELL_COLUMNS = [
     "n_datasets",
     "applicable",
     "conflict",
+    "generated",
     *VERSION,
 ]
 REPORTED_COLUMNS = ["method", "backbone", "dataset", "protocol", "shots", "space", "accuracy", "citation"]
 AVERAGE = "Average"  # the dataset name of average rows
 SPACE_ORDER = ["all", "base", "novel", "hm", "hm_per_dataset_mean"]  # then targets, then "mean"
 NA, MISSING = "n/a", "—"
+GENERATED = "†"  # marks results on a split fewshot generated (no official split file)
 
 
 @dataclass
@@ -149,6 +151,7 @@ def _cell(keys: dict[str, Any], space: str, kind: str, mean: float, **extra: Any
         "n_datasets": math.nan,
         "applicable": not math.isnan(mean),
         "conflict": False,
+        "generated": False,
     }
     row.update(extra)
     return row
@@ -164,7 +167,14 @@ def _seed_cells(ok: pd.DataFrame) -> list[dict[str, Any]]:
         key_cols = dict(zip([*KEY, *VERSION], key, strict=True))
         rows.append(
             _cell(
-                key_cols, space, "seeds", stats["mean"], std=stats["std"], ci95=stats["ci95"], n=len(values)
+                key_cols,
+                space,
+                "seeds",
+                stats["mean"],
+                std=stats["std"],
+                ci95=stats["ci95"],
+                n=len(values),
+                generated=bool(group["generated_split"].any()),
             )
         )
     return rows
@@ -189,16 +199,19 @@ def _hm_cells(seeds: pd.DataFrame) -> list[dict[str, Any]]:
                 hm,
                 n=min(base["n"], novel["n"]),
                 conflict=bool(base["conflict"] or novel["conflict"]),
+                generated=bool(base["generated"] or novel["generated"]),
             )
         )
     return rows
 
 
-def _average_row(keys: Any, dataset: str, space: str, values: list[float], n: int) -> dict[str, Any]:
+def _average_row(
+    keys: Any, dataset: str, space: str, values: list[float], n: int, generated: bool
+) -> dict[str, Any]:
     """A mean over datasets (or targets); NaN (not applicable) if any value is."""
     mean = math.nan if any(math.isnan(v) for v in values) else math.fsum(values) / len(values)
     key_cols = {**dict(zip(ROW, keys, strict=True)), "dataset": dataset, **dict.fromkeys(VERSION, "")}
-    return _cell(key_cols, space, "average", mean, n_datasets=n)
+    return _cell(key_cols, space, "average", mean, n_datasets=n, generated=generated)
 
 
 def _dataset_averages(cells: pd.DataFrame) -> list[dict[str, Any]]:
@@ -211,8 +224,9 @@ def _dataset_averages(cells: pd.DataFrame) -> list[dict[str, Any]]:
             if set(group["dataset"]) != datasets or group["conflict"].any():
                 continue  # incomplete or conflicted: no average (the display says why)
             means = {s: g["mean"].tolist() for s, g in group.groupby("space")}
+            generated = bool(group["generated"].any())
             averages = {
-                space: _average_row(keys, AVERAGE, space, means[space], len(datasets))
+                space: _average_row(keys, AVERAGE, space, means[space], len(datasets), generated)
                 for space in ("all", "base", "novel")
                 if space in means
             }
@@ -221,9 +235,11 @@ def _dataset_averages(cells: pd.DataFrame) -> list[dict[str, Any]]:
                 base, novel = averages["base"]["mean"], averages["novel"]["mean"]
                 # The convention of the CoCoOp/MaPLe tables: HM of the averaged base and novel.
                 hm = harmonic_mean(base, novel) if not math.isnan(base + novel) else math.nan
-                rows.append(_average_row(keys, AVERAGE, "hm", [hm], len(datasets)))
+                rows.append(_average_row(keys, AVERAGE, "hm", [hm], len(datasets), generated))
                 per_dataset = means.get("hm", [math.nan])
-                rows.append(_average_row(keys, AVERAGE, "hm_per_dataset_mean", per_dataset, len(datasets)))
+                rows.append(
+                    _average_row(keys, AVERAGE, "hm_per_dataset_mean", per_dataset, len(datasets), generated)
+                )
     return rows
 
 
@@ -236,7 +252,8 @@ def _target_means(cells: pd.DataFrame) -> list[dict[str, Any]]:
         for keys, group in table.groupby(KEY, sort=True):
             if set(group["space"]) != targets or group["conflict"].any():
                 continue
-            row = _average_row(keys[:-1], keys[-1], "mean", group["mean"].tolist(), len(targets))
+            generated = bool(group["generated"].any())
+            row = _average_row(keys[:-1], keys[-1], "mean", group["mean"].tolist(), len(targets), generated)
             rows.append(row)
     return rows
 
@@ -255,7 +272,14 @@ def _build_cells(records: pd.DataFrame) -> pd.DataFrame:
     averages = _dataset_averages(cells) + _target_means(cells)
     cells = pd.concat([cells, pd.DataFrame(averages, columns=cells.columns)], ignore_index=True)
     cells = cells[CELL_COLUMNS].astype(
-        {"shots": "int64", "n": "float64", "n_datasets": "float64", "applicable": "bool", "conflict": "bool"}
+        {
+            "shots": "int64",
+            "n": "float64",
+            "n_datasets": "float64",
+            "applicable": "bool",
+            "conflict": "bool",
+            "generated": "bool",
+        }
     )
     return _sort(cells)
 
@@ -328,9 +352,10 @@ def _cell_text(sub: pd.DataFrame) -> str:
     row = sub.iloc[0]
     if not row["applicable"]:
         return NA
+    mark = f" {GENERATED}" if row["generated"] else ""
     if row["kind"] != "seeds":
-        return f"{row['mean']:.2f}"
-    return f"{row['mean']:.2f} ± {row['ci95']:.2f} (n={int(row['n'])})"
+        return f"{row['mean']:.2f}{mark}"
+    return f"{row['mean']:.2f} ± {row['ci95']:.2f} (n={int(row['n'])}){mark}"
 
 
 def _pick(group: pd.DataFrame, dataset: str, space: str) -> pd.DataFrame:
@@ -626,6 +651,9 @@ _CONVENTIONS = """\
   target of the table.
 - `n/a`: the method cannot classify that label space (e.g. novel classes for a linear probe);
   it is never counted as 0. `—`: no result.
+- `†`: at least one run of the cell (or of the datasets averaged) used a split that fewshot
+  generated because the official split file was absent (`split_source` "generated" in the
+  record): not comparable with published numbers.
 - Failed runs are listed below and never averaged. Runs whose dataset version, split hash or
   method version differ are never averaged together: such cells read `⚠ k versions`, block
   the averages that need them, and each version group is listed under Conflicts.

@@ -94,6 +94,7 @@ RECORD_COLUMNS = (
     "task_hash",
     "dataset_version",
     "split_source",
+    "generated_split",
     "method_version",
     "method_kind",
     "fewshot_version",
@@ -239,6 +240,9 @@ def _run_columns(result: RunResult, path: Path | None) -> dict[str, Any]:
         "date",
     ):
         row[key] = prov.get(key)
+    # Trained or scored on a split fewshot generated (no official split file): not comparable
+    # with published numbers, and labelled so in the leaderboard.
+    row["generated_split"] = "generated" in (prov.get("split_source"), prov.get("target_split_source"))
     for key in COST_KEYS:
         value = costs.get(key)
         row[key] = float(value) if value is not None else math.nan
@@ -276,7 +280,14 @@ def records_frame(results: Iterable[RunResult], paths: Iterable[Path | None] | N
     rows = [row for result, path in zip(results, path_list, strict=True) for row in _rows(result, path)]
     frame = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
     return frame.astype(
-        {"shots": "int64", "seed": "int64", "aug_views": "int64", "accuracy": "float64", "applicable": "bool"}
+        {
+            "shots": "int64",
+            "seed": "int64",
+            "aug_views": "int64",
+            "accuracy": "float64",
+            "applicable": "bool",
+            "generated_split": "bool",
+        }
     )
 
 

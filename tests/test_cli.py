@@ -47,7 +47,7 @@ def error_lines(output: str) -> list[str]:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-m", "coopp", "-d", "toy-shapes"], "Unknown method 'coopp'. Did you mean coop?"),
+        (["-m", "coopp", "-d", "toy-shapes"], "Unknown method 'coopp'. Did you mean coop"),
         (["-m", "coop", "-d", "toy-shapes", "--shots", "0"], "--shots takes positive integers"),
         (["-m", "coop", "-d", "toy-shape"], "Unknown dataset or suite 'toy-shape'. Did you mean toy-shapes"),
         (["-m", "coop", "-d", "toy-shapes", "--backbone", "ViT-B-16"], "Bad backbone id 'ViT-B-16'"),

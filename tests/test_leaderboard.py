@@ -19,7 +19,7 @@ from fewshot.types import RunResult, RunSpec
 def record(root: Path, method: str, dataset: str, seed: int, metrics: dict, **kw: object) -> RunResult:
     status = str(kw.pop("status", "ok"))
     error = kw.pop("error", None)
-    prov = {"split_hash": kw.pop("split", "s1"), "dataset_version": "1"}
+    prov = {"split_hash": kw.pop("split", "s1"), "dataset_version": "1", "split_source": kw.pop("source", "")}
     spec = RunSpec(method, dataset, seed=seed, **kw)  # type: ignore[arg-type]
     result = RunResult(spec, status, metrics, {"wall_time_s": 1.0}, {}, prov, error)  # type: ignore[arg-type]
     write_record(result, spec.record_path(root))
@@ -152,6 +152,19 @@ def test_transfer_table(tmp_path: Path) -> None:
     assert row["Mean over targets"] == "56.00" and row["Targets"] == "2/2"
     assert row["Source"].startswith("71.00")
     assert lb.headline.iloc[0]["Value"] == "56.00"
+
+
+def test_generated_splits_are_marked_up_to_the_average(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    record(root, "coop", "toy-shapes", 1, {"all": 70.0}, source="split_zhou_X.json")
+    record(root, "coop", "toy-colors", 1, {"all": 60.0}, source="generated")
+    lb = build_leaderboard(root)
+    row = lb.fewshot.set_index("Method").loc["coop"]
+    assert row["toy-colors"].endswith("†") and not row["toy-shapes"].endswith("†")
+    assert row["Average"] == "65.00 †"
+    assert "`†`" in to_markdown(lb)
+    generated = lb.cells.set_index(["dataset", "space"])["generated"]
+    assert bool(generated[("toy-colors", "all")]) and not bool(generated[("toy-shapes", "all")])
 
 
 def test_reported_numbers_joined(runs: Path, tmp_path: Path) -> None:
