@@ -489,6 +489,7 @@ def list_datasets(data_root: DataRootOpt = None) -> None:
             status, hint = Text("error", style="red"), str(exc)
         table.add_row(name, suites, status, hint)
     console.print(table)
+    _suites_table(data_root)
     if data_root is None:
         console.print("Data root: not set (--data-root or $FEWSHOT_DATA); toy datasets need none.")
     else:
@@ -505,13 +506,19 @@ def list_backbones() -> None:
 
 
 @list_app.command("suites")
-def list_suites() -> None:
-    """Dataset suites and their members."""
-    from fewshot.datasets import SUITES
+def list_suites(data_root: DataRootOpt = None) -> None:
+    """Dataset suites, their members, and how many are present under the data root."""
+    _suites_table(data_root)
 
-    table = Table("Suite", "Datasets")
+
+def _suites_table(data_root: Path | None) -> None:
+    from fewshot.datasets import SUITES, get_dataset
+
+    table = Table("Suite", "Datasets", "Present")
     for name, members in SUITES.items():
-        table.add_row(name, ", ".join(members))
+        present = sum(get_dataset(member, data_root).is_present() for member in members)
+        style = "green" if present == len(members) else "yellow"
+        table.add_row(name, ", ".join(members), Text(f"{present}/{len(members)}", style=style))
     console.print(table)
 
 
