@@ -13,7 +13,7 @@ from fewshot.testing import check_adapter
 from fewshot.types import AdapterConfig
 
 # Fast settings per method, on top of fewshot.testing.FAST_SETTINGS (epochs=2 where it exists).
-FAST: dict[str, dict[str, object]] = {"coop": {"epochs": 2, "n_ctx": 4}}
+FAST: dict[str, dict[str, object]] = {"coop": {"epochs": 2, "n_ctx": 4}, "cocoop": {"epochs": 1}}
 
 
 @pytest.mark.parametrize("name", list_methods())

@@ -36,6 +36,8 @@ METHODS = _MethodRegistry("method", group="fewshot.methods")
 METHODS.register("zeroshot", "fewshot.methods.zeroshot:ZeroShot")
 METHODS.register("linear-probe", "fewshot.methods.linear_probe:LinearProbe")
 METHODS.register("coop", "fewshot.methods.coop:CoOp")
+METHODS.register("cocoop", "fewshot.methods.cocoop:CoCoOp")
+METHODS.register("kgcoop", "fewshot.methods.kgcoop:KgCoOp")
 
 
 def get_method(name: str) -> type[Adapter]:

@@ -64,7 +64,15 @@ from fewshot.types import AdapterConfig, ConfigError, FewshotError
 if TYPE_CHECKING:
     from fewshot.backbones import Backbone
 
-__all__ = ["ClassPrompts", "CoOp", "CoOpConfig", "PromptLearner", "build_class_prompts"]
+__all__ = [
+    "ClassPrompts",
+    "CoOp",
+    "CoOpConfig",
+    "PromptLearner",
+    "assemble_prompts",
+    "build_class_prompts",
+    "initial_context",
+]
 
 POSITIONS = ("end", "middle", "front")
 
@@ -154,6 +162,49 @@ def _layout(length: int, n_ctx: int, name_len: int, position: str) -> torch.Tens
     return torch.tensor(sos + ctx + name + rest)
 
 
+def assemble_prompts(prompts: ClassPrompts, ctx: torch.Tensor) -> torch.Tensor:
+    """Prompt embeddings (..., C, L, W) from one context per class, ``ctx`` (..., C, M, W).
+
+    Leading dimensions (e.g. CoCoOp's one context per image) share the frozen prefix and
+    suffix of the C classes.
+    """
+    lead = ctx.shape[:-3]
+    prefix = prompts.prefix.expand(*lead, -1, -1, -1)
+    suffix = prompts.suffix.expand(*lead, -1, -1, -1)
+    x = torch.cat([prefix, ctx, suffix], dim=-2)  # the "end" layout
+    order = prompts.order.unsqueeze(-1).expand(*lead, -1, -1, x.shape[-1])
+    return x.gather(-2, order)
+
+
+def initial_context(
+    backbone: Backbone,
+    tower: TextTower,
+    ctx_init: str,
+    n_ctx: int,
+    *,
+    init_std: float,
+    generator: torch.Generator,
+    classes: int | None = None,
+) -> tuple[torch.Tensor, str]:
+    """The initial context and the prompt prefix to tokenise class prompts with.
+
+    With ``ctx_init`` words: their token embeddings (M = their token count) and the words as
+    the prefix. Otherwise M = ``n_ctx`` vectors drawn from N(0, init_std²) with ``generator``
+    and the prefix "X X .. X". Shape (M, W), or (classes, M, W) for class-specific contexts.
+    """
+    width = tower.token_embedding.weight.shape[1]
+    if ctx_init.strip():
+        init = " ".join(ctx_init.replace("_", " ").split())
+        tokens = backbone.tokenize([init])
+        n_words = int(content_token_lengths(tower, tokens)[0])
+        with torch.no_grad():
+            vectors = embed_tokens(tower, tokens)[0, 1 : 1 + n_words].float().cpu()
+        shared = vectors.expand(classes, -1, -1).clone() if classes is not None else vectors.clone()
+        return shared, init
+    shape = (classes, n_ctx, width) if classes is not None else (n_ctx, width)
+    return torch.empty(shape).normal_(0.0, init_std, generator=generator), " ".join(["X"] * n_ctx)
+
+
 class PromptLearner(nn.Module):
     """The learned context: (M, W) shared, or (C, M, W) class-specific."""
 
@@ -167,8 +218,7 @@ class PromptLearner(nn.Module):
             ctx = self.ctx.unsqueeze(0).expand(prompts.prefix.shape[0], -1, -1)
         else:
             ctx = self.ctx if classes is None else self.ctx[classes]
-        x = torch.cat([prompts.prefix, ctx, prompts.suffix], dim=1)  # the "end" layout
-        return x.gather(1, prompts.order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return assemble_prompts(prompts, ctx)
 
 
 class CoOp(Adapter):
@@ -217,33 +267,36 @@ class CoOp(Adapter):
         scheduler = make_warmup_cosine(
             optimizer, cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr
         )
-        for epoch in ctx.epochs(cfg.epochs, "CoOp"):
+        for epoch in ctx.epochs(cfg.epochs, type(self).__name__):
             for features, labels in train_batches(ctx, epoch, cfg.batch_size):
                 with ctx.autocast():
-                    logits = self._logits(features, self._encode(prompts))
-                loss = F.cross_entropy(logits.float(), labels)
+                    text = self._encode(prompts)
+                    logits = self._logits(features, text)
+                loss = self._loss(logits, labels, text)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
             scheduler.step()  # Dassl steps the schedule once per epoch
 
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Training loss of one batch: cross-entropy (``text``: the C unnormalised class text
+        features of this step, for methods that regularise them, e.g. KgCoOp)."""
+        return F.cross_entropy(logits.float(), labels)
+
     def _init_context(self, ctx: FitContext) -> torch.Tensor:
         """Initial context (M, W) or (C, M, W); sets the prompt prefix used for tokenising."""
         cfg, tower = self.config, self._tower
         assert tower is not None
-        width = tower.token_embedding.weight.shape[1]
-        classes = len(ctx.classnames)
-        if cfg.ctx_init.strip():
-            init = " ".join(cfg.ctx_init.replace("_", " ").split())
-            tokens = ctx.backbone.tokenize([init])
-            n_ctx = int(content_token_lengths(tower, tokens)[0])
-            with torch.no_grad():
-                vectors = embed_tokens(tower, tokens)[0, 1 : 1 + n_ctx].float().cpu()
-            self._prompt_prefix = init
-            return vectors.expand(classes, -1, -1).clone() if cfg.class_specific else vectors.clone()
-        self._prompt_prefix = " ".join(["X"] * cfg.n_ctx)
-        shape = (classes, cfg.n_ctx, width) if cfg.class_specific else (cfg.n_ctx, width)
-        return torch.empty(shape).normal_(0.0, cfg.init_std, generator=ctx.generator)
+        vectors, self._prompt_prefix = initial_context(
+            ctx.backbone,
+            tower,
+            cfg.ctx_init,
+            cfg.n_ctx,
+            init_std=cfg.init_std,
+            generator=ctx.generator,
+            classes=len(ctx.classnames) if cfg.class_specific else None,
+        )
+        return vectors
 
     def _class_prompts(self, classnames: list[str]) -> ClassPrompts:
         """Prefix/suffix buffers of a class list, built once per list (base, novel, targets)."""
