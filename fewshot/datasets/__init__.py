@@ -16,7 +16,7 @@ from fewshot.types import ConfigError
 if TYPE_CHECKING:
     from fewshot.datasets.base import Dataset
 
-__all__ = ["DATASETS", "SUITES", "get_dataset", "list_datasets", "resolve_datasets"]
+__all__ = ["COOP11", "DATASETS", "SUITES", "get_dataset", "list_datasets", "resolve_datasets"]
 
 
 class _DatasetRegistry(Registry["type[Dataset]"]):
@@ -36,9 +36,45 @@ DATASETS.register("toy-textures", "fewshot.datasets.toy:ToyTextures")
 DATASETS.register("toy-objects", "fewshot.datasets.toy:ToyObjects")
 DATASETS.register("toy-shapes-sketch", "fewshot.datasets.toy:ToyShapesSketch")
 
+# The standard datasets, read from $FEWSHOT_DATA in CoOp's layout (docs/datasets.md).
+DATASETS.register("imagenet", "fewshot.datasets.imagenet:ImageNet")
+DATASETS.register("caltech101", "fewshot.datasets.caltech101:Caltech101")
+DATASETS.register("oxford-pets", "fewshot.datasets.oxford_pets:OxfordPets")
+DATASETS.register("stanford-cars", "fewshot.datasets.stanford_cars:StanfordCars")
+DATASETS.register("flowers102", "fewshot.datasets.flowers102:Flowers102")
+DATASETS.register("food101", "fewshot.datasets.food101:Food101")
+DATASETS.register("fgvc-aircraft", "fewshot.datasets.fgvc_aircraft:FGVCAircraft")
+DATASETS.register("sun397", "fewshot.datasets.sun397:SUN397")
+DATASETS.register("dtd", "fewshot.datasets.dtd:DTD")
+DATASETS.register("eurosat", "fewshot.datasets.eurosat:EuroSAT")
+DATASETS.register("ucf101", "fewshot.datasets.ucf101:UCF101")
+DATASETS.register("cub", "fewshot.datasets.cub:CUB")
+DATASETS.register("places365", "fewshot.datasets.places365:Places365")
+DATASETS.register("imagenet-v2", "fewshot.datasets.imagenet_shifts:ImageNetV2")
+DATASETS.register("imagenet-sketch", "fewshot.datasets.imagenet_shifts:ImageNetSketch")
+DATASETS.register("imagenet-a", "fewshot.datasets.imagenet_shifts:ImageNetA")
+DATASETS.register("imagenet-r", "fewshot.datasets.imagenet_shifts:ImageNetR")
+
+COOP11 = (
+    "imagenet",
+    "caltech101",
+    "oxford-pets",
+    "stanford-cars",
+    "flowers102",
+    "food101",
+    "fgvc-aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
+)
+
 SUITES: dict[str, tuple[str, ...]] = {
     "toy": ("toy-shapes", "toy-colors", "toy-textures", "toy-objects"),
     "toy-shift": ("toy-shapes-sketch",),
+    "coop11": COOP11,  # CoOp's table order, ImageNet first
+    "proapo13": (*COOP11, "cub", "places365"),
+    "imagenet-shift": ("imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r"),
 }
 
 

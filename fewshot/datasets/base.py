@@ -1,14 +1,17 @@
-"""The Dataset contract: how a dataset is found on disk, split, and read.
+"""The Dataset contract: how a dataset is found on disk, split, read and checked.
 
 A dataset module subclasses :class:`Dataset` and is registered lazily in
 ``fewshot/datasets/__init__.py``. The harness calls ``spec()``, ``splits()`` and
-``load_image(item)``; nothing else. Problems raise :class:`DatasetError` whose message names
-the file and the fix.
+``load_image(item)``; ``fewshot data check`` calls ``check()``. Problems raise
+:class:`DatasetError` whose message names the file and the fix.
+
+The readers of the standard datasets share one base class, ``fewshot.datasets.coop``.
 """
 
 from __future__ import annotations
 
 import abc
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -17,7 +20,11 @@ from fewshot.types import DatasetSpec, FewshotError, Item, Splits
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["Dataset", "DatasetError"]
+__all__ = ["CHECK_LIMIT", "Dataset", "DatasetError"]
+
+CHECK_LIMIT = 50
+"""At most this many problems are listed one by one by :meth:`Dataset.check`; a last line
+counts the rest."""
 
 
 class DatasetError(FewshotError):
@@ -30,6 +37,9 @@ class Dataset(abc.ABC):
     name: ClassVar[str]
     folder: ClassVar[str] = ""  # folder under the data root, CoOp layout
     domain_of: ClassVar[str | None] = None  # for shifted domains: the source dataset's name
+    # How to get the data: "auto" (`fewshot data download NAME`), "manual" (instructions in
+    # fix_hint and docs/datasets.md), or "none" (nothing to download: generated datasets).
+    download: ClassVar[str] = "none"
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else None
@@ -52,6 +62,14 @@ class Dataset(abc.ABC):
     def load_image(self, item: Item) -> Image.Image:
         """The RGB image of an item."""
 
+    def image_file(self, item: Item) -> Path | None:
+        """The file behind ``item``, or None when items are not files (generated datasets).
+
+        File-backed datasets override this; it raises :class:`DatasetError` when the item's
+        path leaves the dataset folder.
+        """
+        return None
+
     def is_present(self) -> bool:
         """Cheap check that the data seems to be there (used by `fewshot list datasets`)."""
         try:
@@ -62,3 +80,52 @@ class Dataset(abc.ABC):
     def fix_hint(self) -> str:
         """One line telling the user how to get this dataset."""
         return f"place {self.name} under $FEWSHOT_DATA/{self.folder} (see docs/datasets.md)"
+
+    def check(self, deep: bool = False) -> list[str]:
+        """Problems with the data on disk, one line each naming the file and the fix.
+
+        Reads the splits, then looks at the file of every item once: it must exist and stay
+        inside the dataset folder; with ``deep`` each image is also decoded. An empty list
+        means the dataset is usable. At most :data:`CHECK_LIMIT` problems are listed.
+        """
+        try:
+            splits = self.splits()
+        except DatasetError as exc:
+            return [str(exc)]
+        problems: list[str] = []
+        more = 0
+        seen: set[str] = set()
+        for split in (splits.train, splits.val, splits.test):
+            for item in split.items:
+                if item.path in seen:
+                    continue
+                seen.add(item.path)
+                problem = self._check_item(item, split.name, deep)
+                if problem is None:
+                    continue
+                if len(problems) < CHECK_LIMIT:
+                    problems.append(problem)
+                else:
+                    more += 1
+        if more:
+            problems.append(f"{self.name}: ... and {more} more problems like the ones above.")
+        return problems
+
+    def _check_item(self, item: Item, split: str, deep: bool) -> str | None:
+        """The problem with one item's file, or None."""
+        try:
+            file = self.image_file(item)
+        except DatasetError as exc:
+            return str(exc)
+        if file is None:
+            return None
+        try:
+            os.stat(file)
+        except OSError:
+            return f"{self.name}: missing image {file} (in the {split} split); fix: {self.fix_hint()}"
+        if deep:
+            try:
+                self.load_image(item)
+            except DatasetError as exc:
+                return str(exc)
+        return None
