@@ -1,8 +1,9 @@
 """The ``fewshot`` command line (typer + rich). Thin: every command delegates to the library.
 
-Commands: ``run`` (a sweep), ``list`` (methods, datasets, backbones, suites), ``leaderboard``
-and ``cache`` (ls, clear). torch, open_clip and pandas are imported inside the commands that
-need them, so ``fewshot --help`` stays fast.
+Commands: ``run`` (a sweep), ``list`` (methods, datasets, backbones, suites), ``leaderboard``,
+``cache`` (ls, clear) and ``data`` (download, check; :mod:`fewshot.cli_data`). torch,
+open_clip and pandas are imported inside the commands that need them, so ``fewshot --help``
+stays fast.
 
 Errors the user can cause are :class:`fewshot.types.FewshotError`; wherever one is raised
 inside a command, it is printed as one red line (no traceback) and the exit code is 2.
@@ -16,11 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 import fewshot
+from fewshot._cli_common import USER_ERROR_EXIT, ErrorGroup, console, err_console, print_error, split_list
+from fewshot.cli_data import data_app
 from fewshot.types import PROTOCOLS, TRANSFER_PROTOCOLS, BackboneSpec, ConfigError, FewshotError, RunSpec
 
 if TYPE_CHECKING:
@@ -28,33 +30,14 @@ if TYPE_CHECKING:
 
 __all__ = ["app", "main"]
 
-# Streams are looked up at print time, so CliRunner's captured streams are honoured.
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
 DEFAULT_METHODS = "zeroshot,linear-probe,coop"
 TOY_NOTICE = (
     "No dataset given and $FEWSHOT_DATA unset: running the toy suite on {backbone}. "
     "Use --suite coop11 --backbone ViT-B-16:openai --data-root DIR for the real benchmark."
 )
-USER_ERROR_EXIT = 2  # as click does for usage errors
 FAILED_RUNS_EXIT = 1
-
-
-def _error(message: str) -> None:
-    err_console.print(Text.assemble(("Error: ", "bold red"), (message, "red")))
-
-
-class _Group(typer.core.TyperGroup):
-    """Turns a FewshotError raised anywhere below into one red line and exit code 2."""
-
-    # ctx is Any: recent typer vendors its own click, older typer uses click's Context.
-    def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except FewshotError as exc:
-            _error(str(exc))
-            raise typer.Exit(USER_ERROR_EXIT) from None
+_error = print_error
+_Group = ErrorGroup
 
 
 _SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -72,6 +55,7 @@ list_app = typer.Typer(cls=_Group, help="List methods, datasets, backbones or su
 cache_app = typer.Typer(cls=_Group, help="Inspect or clear the feature cache.", no_args_is_help=True)
 app.add_typer(list_app, name="list")
 app.add_typer(cache_app, name="cache")
+app.add_typer(data_app, name="data")
 
 
 def _version(value: bool) -> None:
@@ -189,9 +173,7 @@ DatasetFilterOpt = Annotated[str | None, _opt("--dataset", metavar="NAME", help=
 # fewshot run
 
 
-def _split(values: Sequence[str] | None) -> list[str]:
-    """Repeatable options that also take comma lists: ``-m a,b -m c`` -> [a, b, c]."""
-    return [part.strip() for value in values or () for part in value.split(",") if part.strip()]
+_split = split_list
 
 
 def _ints(values: Sequence[str], option: str, minimum: int) -> list[int]:

@@ -1,0 +1,81 @@
+"""The dataset side of the CLI: list datasets, data check, and runs on a root without data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from fewshot.cli import app
+from fewshot.datasets import DATASETS, SUITES
+
+from . import _fake_trees as trees
+
+cli = CliRunner()
+STANDARD = [n for n in DATASETS.names() if not n.startswith("toy")]
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    result = cli.invoke(app, list(args))
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes is not None else "")
+
+
+def test_list_datasets_shows_all_17_and_the_suites_with_presence(tmp_path: Path) -> None:
+    trees.dtd(tmp_path)
+    code, out = _invoke("list", "datasets", "--data-root", str(tmp_path))
+    assert code == 0, out
+    assert len(STANDARD) == 17
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") >= 4}
+    for name in STANDARD:
+        assert name in rows, name
+        assert ("present" if name == "dtd" else "missing") in rows[name], rows[name]
+    for suite in ("coop11", "proapo13", "imagenet-shift", "toy"):
+        assert suite in SUITES and any(
+            line.split("│")[1].strip() == suite for line in out.splitlines() if "│" in line
+        )
+    assert "1/11" in out  # coop11: dtd present
+
+
+def test_run_coop11_without_data_prints_one_fix_per_dataset_and_writes_nothing(tmp_path: Path) -> None:
+    results = tmp_path / "runs"
+    code, out = _invoke(
+        "run",
+        "-m",
+        "zeroshot",
+        "--suite",
+        "coop11",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--results",
+        str(results),
+    )
+    assert code != 0
+    lines = [line.strip() for line in out.splitlines()]
+    for name in SUITES["coop11"]:
+        line = next((ln for ln in lines if ln.startswith(f"{name}: missing")), None)
+        assert line is not None, (name, out)
+        assert "fewshot data download" in line or "manual" in line, line
+    assert not results.exists() or not list(results.rglob("*.json"))
+
+
+def test_data_check_reports_present_missing_and_broken(tmp_path: Path) -> None:
+    trees.eurosat(tmp_path)
+    code, out = _invoke("data", "check", "eurosat", "dtd", "--data-root", str(tmp_path))
+    assert code == 1  # dtd was named and is missing
+    assert "eurosat" in out and "ok" in out and "missing" in out
+
+    victim = next((tmp_path / "eurosat").rglob("*.jpg"))
+    victim.unlink()
+    code, out = _invoke("data", "check", "eurosat", "--data-root", str(tmp_path))
+    assert code == 1
+    assert victim.name in out.replace("\n", "") and "problem" in out
+
+
+def test_data_check_deep_finds_a_corrupt_image(tmp_path: Path) -> None:
+    trees.eurosat(tmp_path)
+    victim = next((tmp_path / "eurosat").rglob("*.jpg"))
+    victim.write_bytes(victim.read_bytes()[:20])
+    code, out = _invoke("data", "check", "eurosat", "--data-root", str(tmp_path))
+    assert code == 0, out  # a shallow check only looks at the files being there
+    code, out = _invoke("data", "check", "eurosat", "--deep", "--data-root", str(tmp_path))
+    assert code == 1 and victim.name in out.replace("\n", "")
