@@ -6,13 +6,16 @@ given the same split:
 1. ``rng = random.Random(seed)`` (Dassl seeds Python's global ``random`` with the run seed
    right before sampling, and nothing else draws from it in between).
 2. Train: group the train items by label in order of first appearance; per label
-   ``rng.sample(indices, K)``; a class with fewer than K items keeps all of them (Dassl's
-   ``repeat=False``, which every CoOp dataset reader uses).
+   ``rng.sample(indices, K)``; a class with fewer than K items is drawn K times *with
+   replacement*, ``rng.choices(indices, k=K)``: Dassl's ``generate_fewshot_dataset``
+   defaults to ``repeat=True`` (KaiyangZhou/Dassl.pytorch dassl/data/datasets/base_dataset.py)
+   and the CoOp readers call it with the default. (METHODS.md §1.1 says ``repeat=False``;
+   the official code says otherwise, see docs/design.md.)
 3. Val: the same rule on the val split with ``min(K, 4)`` per class, with the same ``rng``,
    after train.
 
-``random.sample`` draws depend only on the population size, so sampling positions gives the
-same picks as Dassl sampling its ``Datum`` objects.
+``random.sample`` and ``random.choices`` draws depend only on the population size, so
+sampling positions gives the same picks as Dassl sampling its ``Datum`` objects.
 
 Protocols (METHODS.md §1.2-1.5): ``fewshot``, ``cross-dataset`` and ``domain-generalization``
 train on all classes and evaluate the ``all`` space (target datasets are added by the runner);
@@ -68,10 +71,10 @@ __all__ = [
     "transfer_plan",
 ]
 
-SUBSET_FORMAT = 1
+SUBSET_FORMAT = 2  # 2: small classes drawn with replacement (Dassl's repeat=True)
 _RULE = (
     "dassl: random.Random(seed); per label in order of first appearance random.sample(K), "
-    "all if fewer; train K then val min(K, 4)"
+    "random.choices(k=K) if fewer; train K then val min(K, 4)"
 )
 
 
@@ -119,7 +122,7 @@ def sample_fewshot(split: Split, shots: int, seed: int, rng: random.Random | Non
         by_label.setdefault(item.label, []).append(index)
     picked: list[int] = []
     for indices in by_label.values():
-        picked.extend(rng.sample(indices, shots) if len(indices) >= shots else indices)
+        picked.extend(rng.sample(indices, shots) if len(indices) >= shots else rng.choices(indices, k=shots))
     return picked
 
 

@@ -158,14 +158,18 @@ def test_shift_without_any_classnames_file(tmp_path: Path) -> None:
 
 
 def _dassl_fewshot(rows: list[fake.Row], num_shots: int) -> list[fake.Row]:
-    """Dassl's generate_fewshot_dataset with repeat=False, re-stated from its rule: group by
-    label in order of first appearance, random.sample K per label, all items if fewer."""
+    """Dassl's generate_fewshot_dataset with its default repeat=True, re-stated from its rule:
+    group by label in order of first appearance, random.sample K per label, K draws with
+    replacement (random.choices) if fewer."""
     tracker: defaultdict[int, list[fake.Row]] = defaultdict(list)
     for row in rows:
         tracker[row[1]].append(row)
     out: list[fake.Row] = []
     for group in tracker.values():
-        out.extend(random.sample(group, num_shots) if len(group) >= num_shots else group)
+        if len(group) >= num_shots:
+            out.extend(random.sample(group, num_shots))
+        else:
+            out.extend(random.choices(group, k=num_shots))
     return out
 
 

@@ -33,7 +33,7 @@ def _split(name: str, counts: dict[int, int], rng: random.Random) -> Split:
 @pytest.fixture
 def splits() -> Splits:
     rng = random.Random(123)
-    # Label 3 has only 2 train items (fewer than K): Dassl (repeat=False) keeps both.
+    # Label 3 has only 2 train items (fewer than K): Dassl (repeat=True) draws K with replacement.
     train_counts = {0: 20, 1: 25, 2: 18, 3: 2, 4: 30}
     val_counts = {0: 6, 1: 5, 2: 7, 3: 1, 4: 9}
     return Splits(
@@ -47,13 +47,16 @@ SPEC = DatasetSpec("toyset", ("a", "b", "c", "d", "e"), "a photo of a {}.")
 
 
 def _dassl_fewshot(items: tuple[Item, ...], num_shots: int) -> list[Item]:
-    """Dassl's generate_fewshot_dataset (repeat=False), re-stated from its documented rule."""
+    """Dassl's generate_fewshot_dataset (its default repeat=True), re-stated from its rule."""
     tracker: defaultdict[int, list[Item]] = defaultdict(list)
     for item in items:
         tracker[item.label].append(item)
     dataset: list[Item] = []
     for group in tracker.values():
-        dataset.extend(random.sample(group, num_shots) if len(group) >= num_shots else group)
+        if len(group) >= num_shots:
+            dataset.extend(random.sample(group, num_shots))
+        else:
+            dataset.extend(random.choices(group, k=num_shots))
     return dataset
 
 
@@ -70,9 +73,11 @@ def test_sampling_reproduces_dassl(splits: Splits, shots: int, seed: int) -> Non
     task = make_task(SPEC, splits, "fewshot", shots, seed)
     assert [splits.train.items[i] for i in task.train_ids] == want_train
     assert [splits.val.items[i] for i in task.val_ids] == want_val
-    # Class 3 has 2 train items: all kept, never repeated.
-    assert sum(splits.train.items[i].label == 3 for i in task.train_ids) == min(2, shots)
-    assert len(set(task.train_ids)) == len(task.train_ids)
+    # Class 3 has 2 train items: K picks of those two (repeats once K > 2); others never repeat.
+    small = [i for i in task.train_ids if splits.train.items[i].label == 3]
+    assert len(small) == shots and len(set(small)) <= 2
+    others = [i for i in task.train_ids if splits.train.items[i].label != 3]
+    assert len(set(others)) == len(others)
 
 
 def test_sample_fewshot_groups_by_first_appearance() -> None:
@@ -80,7 +85,10 @@ def test_sample_fewshot_groups_by_first_appearance() -> None:
     picked = sample_fewshot(Split("t", items), 1, seed=7)
     assert [items[i].label for i in picked] == [2, 0, 1]
     assert sample_fewshot(Split("t", items), 1, seed=7) == picked  # deterministic
-    assert sample_fewshot(Split("t", items), 5, seed=7) == [0, 2, 6, 1, 4, 3, 5]  # all kept
+    # Fewer items than K: K draws with replacement per label, in first-appearance order.
+    rng = random.Random(7)
+    want = [i for group in ([0, 2, 6], [1, 4], [3, 5]) for i in rng.choices(group, k=5)]
+    assert sample_fewshot(Split("t", items), 5, seed=7) == want
 
 
 def test_seeds_differ(splits: Splits) -> None:
