@@ -126,7 +126,10 @@ def run_fit(
         extra_before = _extra_costs(adapter)
         try:
             if record_spec.target:
-                metrics, extra = _score_target(adapter, backbone, record_spec.target, data_root, cache)
+                trained = {dspec.classnames[label] for label in task.train_space.labels}
+                metrics, extra = _score_target(
+                    adapter, backbone, record_spec.target, trained, data_root, cache
+                )
             else:
                 metrics, extra = _score_source(adapter, backbone, dataset, splits, task, cache), {}
         except (KeyboardInterrupt, SystemExit):
@@ -172,11 +175,19 @@ def _score_source(
 
 
 def _score_target(
-    adapter: Adapter, backbone: Backbone, target: str, data_root: Path | None, cache: FeatureCache
+    adapter: Adapter,
+    backbone: Backbone,
+    target: str,
+    trained: set[str],
+    data_root: Path | None,
+    cache: FeatureCache,
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
     """Accuracy on a target's whole test split, over the target's own class names.
 
-    Returns the metrics (keyed by the target's name) and the target's provenance.
+    A closed-set method (``supports_novel`` false) is scored only where the target's classes
+    are among the ``trained`` class names (a shifted domain such as ImageNet-A's 200 ImageNet
+    classes); elsewhere the metric is not applicable. Returns the metrics (keyed by the
+    target's name) and the target's provenance.
     """
     from fewshot.datasets import get_dataset
 
@@ -187,7 +198,7 @@ def _score_target(
         "target_dataset_version": tspec.version,
         "target_split_source": tspec.split_source,
     }
-    if not adapter.supports_novel:
+    if not adapter.supports_novel and not set(tspec.classnames) <= trained:
         return {target: None}, provenance  # a closed-set classifier cannot take new class names
     space = LabelSpace(target, target, tuple(range(tspec.num_classes)))
     return {target: _evaluate(adapter, backbone, dataset, splits.test, space, cache)}, provenance

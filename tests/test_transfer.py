@@ -105,11 +105,15 @@ def test_one_fit_serves_every_target_and_resume_recomputes_only_missing(
     assert read_record(target_path).metrics == first[1].metrics
 
 
-def test_closed_set_methods_are_not_applicable_on_targets(tmp_path: Path, feature_cache) -> None:
+def test_closed_set_methods_score_only_targets_within_their_classes(tmp_path: Path, feature_cache) -> None:
     specs = _specs("linear-probe", "cross-dataset", "toy-colors", ("toy-shapes",))
     source, target = sweep(specs, results_dir=tmp_path, cache=feature_cache)
     assert source.ok and source.metrics["all"] is not None
-    assert target.ok and target.metrics == {"toy-shapes": None}
+    assert target.ok and target.metrics == {"toy-shapes": None}  # other classes: not applicable
+    # A shifted domain has the source's classes (as ImageNet-A has 200 of ImageNet's): scored.
+    specs = _specs("linear-probe", "domain-generalization", "toy-shapes", ("toy-shapes-sketch",))
+    _, shifted = sweep(specs, results_dir=tmp_path, cache=feature_cache)
+    assert shifted.ok and shifted.metrics["toy-shapes-sketch"] is not None
 
 
 def test_cli_domain_generalization_on_the_toy_suite_and_leaderboard(tmp_path: Path) -> None:
@@ -143,3 +147,38 @@ def test_cli_source_only_with_transfer_protocols(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert "--source applies to --protocol cross-dataset or domain-generalization" in result.output
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_domain_generalization_over_the_real_imagenet_readers(tmp_path: Path) -> None:
+    """ImageNet -> V2, Sketch, A, R through the real readers on fake trees in their layouts:
+    one record per shift, A and R scored over their class subsets (also by a closed-set probe)."""
+    from . import _fake_trees as trees
+
+    data = tmp_path / "data"
+    for build in (
+        trees.imagenet,
+        trees.imagenet_v2,
+        trees.imagenet_sketch,
+        trees.imagenet_a,
+        trees.imagenet_r,
+    ):
+        build(data)
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("run", "-m", "zeroshot,linear-probe", "--protocol", "domain-generalization", "-d", "imagenet"),
+            *("--shots", "2", "--seeds", "1", "--data-root", str(data), "--results", str(runs)),
+            *("--cache-dir", str(tmp_path / "cache")),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    records = {p: read_record(p) for p in runs.rglob("*.json")}
+    shifts = ("imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r")
+    assert len(records) == 2 * (1 + len(shifts))
+    for record in records.values():
+        assert record.ok, record.error
+        assert record.spec.dataset == "imagenet"
+        if record.spec.target:
+            score = record.metrics[record.spec.target]
+            assert score is not None and 0.0 <= score <= 100.0
