@@ -66,21 +66,21 @@ def test_interrupted_sweep_resumes_with_one_record_per_run(
     tmp_path: Path, feature_cache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     specs = [RunSpec("zeroshot", d, shots=2, seed=s) for d in TOY[:2] for s in SEEDS]
-    real_run, calls = runner.run, []
+    real_run, calls = runner.run_fit, []
 
-    def interrupted(spec: RunSpec, **kwargs: object) -> RunResult:
+    def interrupted(fit_specs: list[RunSpec], **kwargs: object) -> list[RunResult]:
         if len(calls) == 3:
             raise KeyboardInterrupt
-        calls.append(spec)
-        return real_run(spec, **kwargs)
+        calls.append(fit_specs)
+        return real_run(fit_specs, **kwargs)
 
-    monkeypatch.setattr(runner, "run", interrupted)
+    monkeypatch.setattr(runner, "run_fit", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sweep(specs, results_dir=tmp_path, cache=feature_cache)
     written = {p: p.stat().st_mtime_ns for p in _records(tmp_path)}
     assert len(written) == 3
 
-    monkeypatch.setattr(runner, "run", real_run)
+    monkeypatch.setattr(runner, "run_fit", real_run)
     results = sweep(specs, results_dir=tmp_path, cache=feature_cache)
     records = _records(tmp_path)
     assert len(records) == len(specs) == len(results)
