@@ -8,7 +8,7 @@
   subclass builds its prompt module and says which prompts each tower gets; PromptSRC adds
   its losses and the prompt aggregation through the hooks ``_prepare``, ``_loss``,
   ``_end_epoch`` and ``_end_fit``.
-- :func:`context_vectors`, :func:`normal_prompts`, :func:`random_linear`: initialisation
+- :func:`context_vectors`, :func:`normal_prompts` (and ``_training.seeded_linear``): initialisation
   with the run's generator (never the global RNG).
 
 The class prompt is ``"{ctx_init} {class name}."`` tokenised once per class list, with the
@@ -19,7 +19,6 @@ context tokens leave "of a" of "a photo of a" in place, as the original does.
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.methods._training import make_sgd, make_warmup_cosine
+from fewshot.methods._training import SGDConfig, sgd_with_schedule
 from fewshot.methods.base import Adapter, FitContext, Needs, QueryBatch
 from fewshot.methods.coop import ClassPrompts, build_class_prompts
 from fewshot.prompting import (
@@ -42,7 +41,7 @@ from fewshot.prompting import (
     text_tower,
     vision_tower,
 )
-from fewshot.types import AdapterConfig, ConfigError, FewshotError
+from fewshot.types import ConfigError, FewshotError
 
 if TYPE_CHECKING:
     from fewshot.backbones import Backbone
@@ -52,32 +51,18 @@ __all__ = [
     "DeepPromptConfig",
     "context_vectors",
     "normal_prompts",
-    "random_linear",
 ]
 
 
 @dataclass(frozen=True)
-class DeepPromptConfig(AdapterConfig):
-    """Training settings shared by the deep prompt learners (Dassl defaults)."""
+class DeepPromptConfig(SGDConfig):
+    """Training settings shared by the deep prompt learners (Dassl SGD; batch 4, 20 epochs,
+    lr 0.0025 as PromptSRC's and IVLP's configs; deep prompts ~ N(0, init_std²))."""
 
-    ctx_init: str = "a photo of a"  # init words of the layer-0 text context; "" = random
     epochs: int = 20
     lr: float = 0.0025
     batch_size: int = 4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    init_std: float = 0.02  # deep prompts (and a random layer-0 context) ~ N(0, init_std²)
-
-    def _check_training(self, method: str) -> None:
-        """Clear errors for impossible training settings."""
-        if self.batch_size < 1 or self.epochs < 0 or self.warmup_epochs < 0:
-            raise ConfigError(f"{method} needs batch_size >= 1, epochs >= 0 and warmup_epochs >= 0.")
-        if self.lr <= 0 or self.init_std <= 0:
-            raise ConfigError(
-                f"{method} lr and init_std must be positive, got {self.lr} and {self.init_std}."
-            )
+    ctx_init: str = "a photo of a"  # init words of the layer-0 text context; "" = random
 
 
 # ------------------------------------------------------------------------------------------
@@ -124,17 +109,6 @@ def normal_prompts(
 ) -> list[torch.Tensor]:
     """``count`` prompts (tokens, width) drawn from N(0, std²) with ``generator``."""
     return [torch.empty(tokens, width).normal_(0.0, std, generator=generator) for _ in range(count)]
-
-
-def random_linear(fan_in: int, fan_out: int, generator: torch.Generator) -> nn.Linear:
-    """An nn.Linear initialised as PyTorch initialises one (weight and bias uniform in
-    ±1/sqrt(fan_in)), but drawn from ``generator`` instead of the global RNG."""
-    layer = nn.Linear(fan_in, fan_out, device="meta").to_empty(device="cpu")  # no init draws
-    bound = 1.0 / math.sqrt(fan_in)
-    with torch.no_grad():
-        layer.weight.uniform_(-bound, bound, generator=generator)
-        layer.bias.uniform_(-bound, bound, generator=generator)
-    return layer
 
 
 def prompt_depth(depth: int, layers: int) -> int:
@@ -208,12 +182,7 @@ class DeepPromptAdapter(Adapter):
         self._prepare(ctx, prompts)
         if cfg.epochs == 0:
             return
-        optimizer = make_sgd(
-            self.prompts.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-        scheduler = make_warmup_cosine(
-            optimizer, cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr
-        )
+        optimizer, scheduler = sgd_with_schedule(self.prompts.parameters(), cfg)
         drop_last = len(ctx.train_images) >= cfg.batch_size  # as Dassl's train loader
         for epoch in ctx.epochs(cfg.epochs, self.method):
             loader = ctx.train_images.loader(

@@ -1,5 +1,9 @@
 """Training pieces shared by the prompt learners (CoOp and the methods built on it).
 
+- :class:`SGDConfig`: the settings every Dassl-trained method has (epochs, lr, batch,
+  momentum, weight decay, warm-up, init std), with their checks; method configs extend it.
+- :func:`sgd_with_schedule`: :func:`make_sgd` and :func:`make_warmup_cosine` from such a config.
+- :func:`seeded_linear`: an ``nn.Linear`` initialised as PyTorch does, from the run's generator.
 - :func:`make_sgd`: SGD with the Dassl defaults (momentum 0.9, weight decay 5e-4, no
   Nesterov, dampening 0), which every Dassl config with ``NAME: sgd`` uses.
 - :func:`make_warmup_cosine`: Dassl's ``cosine`` scheduler wrapped in its ``constant``
@@ -19,13 +23,74 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from fewshot.methods.base import FitContext
+from fewshot.types import AdapterConfig, ConfigError
 
-__all__ = ["make_sgd", "make_warmup_cosine", "train_batches"]
+__all__ = [
+    "SGDConfig",
+    "make_sgd",
+    "make_warmup_cosine",
+    "seeded_linear",
+    "sgd_with_schedule",
+    "train_batches",
+]
+
+
+@dataclass(frozen=True)
+class SGDConfig(AdapterConfig):
+    """Training settings of every Dassl-trained method (defaults: CoOp's ``vit_b16``).
+
+    Method configs extend it and override the defaults their official configs change.
+    """
+
+    epochs: int = 200
+    lr: float = 0.002
+    batch_size: int = 32
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1  # constant warm-up epochs at warmup_lr, then cosine
+    warmup_lr: float = 1e-5
+    init_std: float = 0.02  # random contexts and prompts ~ N(0, init_std²)
+
+    def check_training(self, method: str) -> None:
+        """A clear ConfigError for impossible training settings (call from __post_init__)."""
+        if self.batch_size < 1 or self.epochs < 0 or self.warmup_epochs < 0:
+            raise ConfigError(
+                f"{method} needs batch_size >= 1, epochs >= 0 and warmup_epochs >= 0, got "
+                f"{self.batch_size}, {self.epochs} and {self.warmup_epochs}."
+            )
+        if self.lr <= 0 or self.init_std <= 0:
+            raise ConfigError(
+                f"{method} lr and init_std must be positive, got {self.lr} and {self.init_std}."
+            )
+
+
+def sgd_with_schedule(
+    params: Iterable[torch.nn.Parameter], cfg: SGDConfig
+) -> tuple[torch.optim.SGD, LambdaLR]:
+    """The optimizer and per-epoch schedule of ``cfg`` (step the schedule once per epoch)."""
+    optimizer = make_sgd(params, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    schedule = make_warmup_cosine(
+        optimizer, cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr
+    )
+    return optimizer, schedule
+
+
+def seeded_linear(fan_in: int, fan_out: int, generator: torch.Generator) -> nn.Linear:
+    """An nn.Linear initialised as PyTorch initialises one (weight and bias uniform in
+    ±1/sqrt(fan_in)), but drawn from ``generator`` instead of the global RNG."""
+    layer = nn.Linear(fan_in, fan_out, device="meta").to_empty(device="cpu")  # no init draws
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound, generator=generator)
+        layer.bias.uniform_(-bound, bound, generator=generator)
+    return layer
 
 
 def make_sgd(

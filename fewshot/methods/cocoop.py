@@ -53,7 +53,6 @@ Deviations from the official code:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -63,11 +62,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.methods._training import make_sgd, make_warmup_cosine, train_batches
+from fewshot.methods._training import SGDConfig, seeded_linear, sgd_with_schedule, train_batches
 from fewshot.methods.base import Adapter, FitContext, Needs, QueryBatch
 from fewshot.methods.coop import ClassPrompts, assemble_prompts, build_class_prompts, initial_context
 from fewshot.prompting import TextTower, encode_text_embeddings, text_tower
-from fewshot.types import AdapterConfig, ConfigError, FewshotError
+from fewshot.types import ConfigError, FewshotError
 
 if TYPE_CHECKING:
     from fewshot.backbones import Backbone
@@ -76,27 +75,20 @@ __all__ = ["CoCoOp", "CoCoOpConfig", "ConditionalPromptLearner", "meta_net"]
 
 
 @dataclass(frozen=True)
-class CoCoOpConfig(AdapterConfig):
+class CoCoOpConfig(SGDConfig):
     """CoCoOp hyper-parameters (defaults: configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml)."""
 
+    epochs: int = 10
+    batch_size: int = 1
     n_ctx: int = 4  # context length M; ignored when ctx_init is set (M = its token count)
     ctx_init: str = "a photo of a"  # "" = random N(0, init_std²) context of n_ctx tokens
-    epochs: int = 10
-    lr: float = 0.002
-    batch_size: int = 1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    init_std: float = 0.02
     meta_reduction: int = 16  # meta-net hidden size = D // meta_reduction
     predict_chunk: int = 2048  # most prompt sequences (images x classes) per text-tower call in predict
 
     def __post_init__(self) -> None:
-        if self.n_ctx < 1 or self.batch_size < 1 or self.epochs < 0 or self.warmup_epochs < 0:
-            raise ConfigError("cocoop needs n_ctx >= 1, batch_size >= 1, epochs >= 0 and warmup_epochs >= 0.")
-        if self.lr <= 0:
-            raise ConfigError(f"cocoop lr must be positive, got {self.lr}.")
+        if self.n_ctx < 1:
+            raise ConfigError(f"cocoop needs n_ctx >= 1, got {self.n_ctx}.")
+        self.check_training("cocoop")
         if self.meta_reduction < 1 or self.predict_chunk < 1:
             raise ConfigError(
                 f"cocoop needs meta_reduction >= 1 and predict_chunk >= 1, got {self.meta_reduction} "
@@ -113,12 +105,7 @@ def meta_net(in_dim: int, hidden: int, out_dim: int, generator: torch.Generator)
     """Linear(in -> hidden) -> ReLU -> Linear(hidden -> out), biases on, initialised as
     PyTorch's default ``nn.Linear`` (weights and biases U(-1/√fan_in, 1/√fan_in)) from
     ``generator``."""
-    first, second = nn.Linear(in_dim, hidden), nn.Linear(hidden, out_dim)
-    with torch.no_grad():
-        for layer in (first, second):
-            bound = 1.0 / math.sqrt(layer.in_features)
-            for param in (layer.weight, layer.bias):
-                param.copy_(torch.rand(tuple(param.shape), generator=generator) * 2 * bound - bound)
+    first, second = seeded_linear(in_dim, hidden, generator), seeded_linear(hidden, out_dim, generator)
     return nn.Sequential(first, nn.ReLU(), second)
 
 
@@ -172,12 +159,7 @@ class CoCoOp(Adapter):
         prompts = self._class_prompts(self.classnames)
         if cfg.epochs == 0:
             return
-        optimizer = make_sgd(
-            self.learner.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-        scheduler = make_warmup_cosine(
-            optimizer, cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr
-        )
+        optimizer, scheduler = sgd_with_schedule(self.learner.parameters(), cfg)
         for epoch in ctx.epochs(cfg.epochs, "CoCoOp"):
             for features, labels in train_batches(ctx, epoch, cfg.batch_size):
                 with ctx.autocast():

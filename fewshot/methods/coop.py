@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.methods._training import make_sgd, make_warmup_cosine, train_batches
+from fewshot.methods._training import SGDConfig, sgd_with_schedule, train_batches
 from fewshot.methods.base import Adapter, FitContext, Needs, QueryBatch
 from fewshot.prompting import (
     TextTower,
@@ -59,7 +59,7 @@ from fewshot.prompting import (
     encode_text_embeddings,
     text_tower,
 )
-from fewshot.types import AdapterConfig, ConfigError, FewshotError
+from fewshot.types import ConfigError, FewshotError
 
 if TYPE_CHECKING:
     from fewshot.backbones import Backbone
@@ -78,21 +78,14 @@ POSITIONS = ("end", "middle", "front")
 
 
 @dataclass(frozen=True)
-class CoOpConfig(AdapterConfig):
-    """CoOp hyper-parameters (defaults: configs/trainers/CoOp/vit_b16.yaml)."""
+class CoOpConfig(SGDConfig):
+    """CoOp hyper-parameters (defaults: configs/trainers/CoOp/vit_b16.yaml; training settings
+    from :class:`SGDConfig`: 200 epochs, lr 0.002, batch 32, ...)."""
 
     n_ctx: int = 16  # context length M; ignored when ctx_init is set (M = its token count)
     ctx_init: str = ""  # "" = random N(0, init_std²); else init words, e.g. "a photo of a"
     class_specific: bool = False  # CSC: one context per class
     class_token_position: str = "end"  # "end" | "middle" | "front"
-    epochs: int = 200
-    lr: float = 0.002
-    batch_size: int = 32
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    init_std: float = 0.02
 
     def __post_init__(self) -> None:
         if self.class_token_position not in POSITIONS:
@@ -100,10 +93,9 @@ class CoOpConfig(AdapterConfig):
                 f"coop class_token_position must be one of {', '.join(POSITIONS)}, "
                 f"got {self.class_token_position!r}."
             )
-        if self.n_ctx < 1 or self.batch_size < 1 or self.epochs < 0 or self.warmup_epochs < 0:
-            raise ConfigError("coop needs n_ctx >= 1, batch_size >= 1, epochs >= 0 and warmup_epochs >= 0.")
-        if self.lr <= 0:
-            raise ConfigError(f"coop lr must be positive, got {self.lr}.")
+        if self.n_ctx < 1:
+            raise ConfigError(f"coop needs n_ctx >= 1, got {self.n_ctx}.")
+        self.check_training("coop")
 
     @classmethod
     def preset(cls, protocol: str, shots: int) -> dict[str, Any]:
@@ -261,12 +253,7 @@ class CoOp(Adapter):
         prompts = self._class_prompts(self.classnames)
         if cfg.epochs == 0:
             return
-        optimizer = make_sgd(
-            self.learner.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-        scheduler = make_warmup_cosine(
-            optimizer, cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr
-        )
+        optimizer, scheduler = sgd_with_schedule(self.learner.parameters(), cfg)
         for epoch in ctx.epochs(cfg.epochs, type(self).__name__):
             for features, labels in train_batches(ctx, epoch, cfg.batch_size):
                 with ctx.autocast():

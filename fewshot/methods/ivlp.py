@@ -72,7 +72,7 @@ class IVLPConfig(DeepPromptConfig):
     depth_vision: int = 9  # 0 = no vision prompts (language-only prompting)
 
     def __post_init__(self) -> None:
-        self._check_training("ivlp")
+        self.check_training("ivlp")
         if self.depth_text < 1 or self.depth_vision < 0:
             raise ConfigError(
                 f"ivlp needs depth_text >= 1 and depth_vision >= 0, got {self.depth_text} and "

@@ -54,8 +54,8 @@ from fewshot.methods._deep import (
     context_vectors,
     normal_prompts,
     prompt_depth,
-    random_linear,
 )
+from fewshot.methods._training import seeded_linear
 from fewshot.methods.base import FitContext
 from fewshot.prompting import TextTower, VisionTower
 from fewshot.types import ConfigError
@@ -73,7 +73,7 @@ class MaPLeConfig(DeepPromptConfig):
     lr: float = 0.0035
 
     def __post_init__(self) -> None:
-        self._check_training("maple")
+        self.check_training("maple")
         if self.n_ctx < 1 or self.depth < 1:
             raise ConfigError(f"maple needs n_ctx >= 1 and depth >= 1, got {self.n_ctx} and {self.depth}.")
 
@@ -129,8 +129,8 @@ class MaPLe(DeepPromptAdapter):
         text_blocks = len(text.transformer.resblocks)  # type: ignore[arg-type]
         depth = prompt_depth(cfg.depth, min(text_blocks, vision.layers))
         deep_text = normal_prompts(depth - 1, cfg.n_ctx, text_width, cfg.init_std, ctx.generator)
-        proj = random_linear(text_width, vision.width, ctx.generator)
-        single = random_linear(text_width, vision.width, ctx.generator)
+        proj = seeded_linear(text_width, vision.width, ctx.generator)
+        single = seeded_linear(text_width, vision.width, ctx.generator)
         couplings = [copy.deepcopy(single) for _ in range(depth - 1)]  # identical at the start
         return MaPLePrompts(context, deep_text, proj, couplings)
 
