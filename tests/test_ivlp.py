@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import statistics
-from pathlib import Path
 
 import open_clip
 import pytest
@@ -15,11 +13,11 @@ from fewshot.backbones import Backbone, load_backbone, state_dict_digest
 from fewshot.methods.base import FitContext, Needs, QueryBatch
 from fewshot.methods.ivlp import IVLP, IVLPConfig
 from fewshot.prompting import UnsupportedVisionTowerError, encode_images_prompted
-from fewshot.runner import sweep
 from fewshot.testing import make_fit_context, make_query_batch
-from fewshot.types import BackboneSpec, ConfigError, FeatureSet, RunResult, RunSpec
+from fewshot.types import BackboneSpec, ConfigError, FeatureSet
 
-SEEDS = (1, 2, 3)
+from ._runs import base2novel
+
 TOY_LAYERS, TOY_WIDTH = 3, 128  # both towers of the toy backbone (fewshot/toyworld/toy_clip)
 
 
@@ -131,28 +129,6 @@ def test_a_resnet_backbone_is_refused_with_a_clear_error():
 
 # ------------------------------------------------------------------------------------------
 # Learning on the toy world, through the real runner
-
-
-def base2novel(
-    tmp_path: Path, cache: object, method: str, overrides: tuple[tuple[str, str], ...]
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Mean base and novel accuracy of ``method`` and of zero-shot, seeds 1-3, 16 shots."""
-    specs = [
-        RunSpec(m, "toy-objects", shots=16, seed=s, protocol="base2novel", overrides=o)
-        for m, o in (("zeroshot", ()), (method, overrides))
-        for s in SEEDS
-    ]
-    results = sweep(specs, results_dir=tmp_path, cache=cache)
-
-    def mean(runs: list[RunResult]) -> dict[str, float]:
-        assert all(r.ok for r in runs), [r.error for r in runs]
-        assert all(set(r.metrics) == {"base", "novel"} for r in runs)
-        assert all(0 <= v <= 100 for r in runs for v in r.metrics.values() if v is not None)
-        return {space: statistics.mean(r.metrics[space] for r in runs) for space in ("base", "novel")}
-
-    return mean([r for r in results if r.spec.method == method]), mean(
-        [r for r in results if r.spec.method == "zeroshot"]
-    )
 
 
 def test_ivlp_beats_zeroshot_on_base_classes(tmp_path, feature_cache):

@@ -12,7 +12,8 @@ from fewshot.methods.maple import MaPLe, MaPLeConfig
 from fewshot.prompting import embed_tokens, encode_images_prompted, encode_text_embeddings, text_tower
 from fewshot.testing import make_fit_context, make_query_batch
 from fewshot.types import ConfigError, FewshotError
-from tests.test_ivlp import base2novel
+
+from ._runs import base2novel
 
 TOY_LAYERS, TOY_WIDTH = 3, 128  # both towers of the toy backbone
 NAMES = ["red circle", "green square", "a shape never seen"]

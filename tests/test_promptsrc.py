@@ -21,7 +21,8 @@ from fewshot.methods.promptsrc import (
 )
 from fewshot.testing import make_fit_context
 from fewshot.types import ConfigError
-from tests.test_ivlp import base2novel
+
+from ._runs import base2novel
 
 
 @pytest.fixture(scope="module")
