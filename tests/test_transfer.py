@@ -182,3 +182,34 @@ def test_domain_generalization_over_the_real_imagenet_readers(tmp_path: Path) ->
         if record.spec.target:
             score = record.metrics[record.spec.target]
             assert score is not None and 0.0 <= score <= 100.0
+
+
+@pytest.mark.parametrize("protocol", ["cross-dataset", "domain-generalization"])
+def test_cli_maple_transfer_on_the_toy_suite_writes_one_record_per_target(
+    tmp_path: Path, protocol: str
+) -> None:
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "-m",
+            "maple",
+            "--protocol",
+            protocol,
+            "--shots",
+            "4",
+            "--seeds",
+            "1",
+            "--results",
+            str(runs),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    source, targets = transfer_plan(protocol, ["toy"])
+    records = [read_record(p) for p in runs.rglob("*.json")]
+    assert sorted(r.spec.target for r in records) == sorted(["", *targets])
+    for record in records:
+        assert record.ok and record.spec.dataset == source and record.config["depth"] == 3  # transfer preset
+        assert list(record.metrics) == [record.spec.target or "all"]
+        assert record.costs["trainable_params"] > 0 and record.costs["images_encoded"] > 0
