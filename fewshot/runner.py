@@ -308,7 +308,7 @@ def _evaluate(
     items = [item for item in test.items if item.label in relabel]
     if not items:
         raise FewshotError(f"{dataset.name}: the test split has no images of label space {space.name!r}.")
-    batch_args = {"classnames": classnames, "template": dspec.template, "templates": list(dspec.templates)}
+    template, templates = dspec.template, list(dspec.templates)
     logits: list[torch.Tensor] = []
     if adapter.needs is Needs.FEATURES:
         # Features of the whole test split are cached once (fp32, like the support features);
@@ -317,12 +317,14 @@ def _evaluate(
         index = [i for i, item in enumerate(test.items) if item.label in relabel]
         with torch.no_grad(), _autocast(backbone.device)():
             for chunk in feats.features[index].to(backbone.device).split(EVAL_BATCH):
-                logits.append(adapter.predict(QueryBatch(features=chunk, **batch_args)).float().cpu())
+                query = QueryBatch(classnames, template, features=chunk, templates=templates)
+                logits.append(adapter.predict(query).float().cpu())
     else:
         images = SubsetImages(dataset, items, backbone, relabel)
         with torch.no_grad(), _autocast(backbone.device)():
             for batch, _ in images.loader(256, augment=False, shuffle=False):
-                query = QueryBatch(images=batch.to(backbone.device), **batch_args)
+                pixels = batch.to(backbone.device)
+                query = QueryBatch(classnames, template, images=pixels, templates=templates)
                 logits.append(adapter.predict(query).float().cpu())
         cache.images_encoded += len(items)
     labels = torch.tensor([relabel[item.label] for item in items])

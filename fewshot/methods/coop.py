@@ -225,7 +225,7 @@ class CoOp(Adapter):
         super().__init__(config)
         # A class-specific context has nothing to offer class names it was not trained on;
         # the runner reads supports_novel from the instance, so the override takes effect.
-        self.supports_novel = not self.config.class_specific  # type: ignore[misc]
+        self.supports_novel = not self.config.class_specific
         self.backbone: Backbone | None = None
         self.learner: PromptLearner | None = None
         self.classnames: list[str] = []
