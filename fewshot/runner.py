@@ -97,6 +97,7 @@ def run_fit(
     config = method_cls.config_cls.build(spec.protocol, spec.shots, dict(spec.overrides))
     backbone = load_backbone(spec.backbone, device)
     dataset = get_dataset(spec.dataset, data_root)
+    dataset.check_trainable()
     dspec, splits = dataset.spec(), dataset.splits()
     task = task_for(dspec, splits, spec.protocol, spec.shots, spec.seed, cache.root)
 
@@ -457,6 +458,8 @@ def _preflight(specs: Sequence[RunSpec], data_root: Path | None) -> None:
     from fewshot.datasets import get_dataset
     from fewshot.methods import METHODS
 
+    for name in sorted({s.dataset for s in specs}):
+        get_dataset(name, data_root).check_trainable()
     problems: list[str] = []
     for name in sorted({s.dataset for s in specs} | {s.target for s in specs if s.target}):
         dataset = get_dataset(name, data_root)

@@ -213,3 +213,28 @@ def test_cli_maple_transfer_on_the_toy_suite_writes_one_record_per_target(
         assert record.ok and record.spec.dataset == source and record.config["depth"] == 3  # transfer preset
         assert list(record.metrics) == [record.spec.target or "all"]
         assert record.costs["trainable_params"] > 0 and record.costs["images_encoded"] > 0
+
+
+def test_an_evaluation_only_shift_is_never_trained_on(tmp_path: Path) -> None:
+    """ImageNet-A's train split is its test set: fitting on it would train on test images."""
+    from . import _fake_trees as trees
+
+    trees.imagenet_a(tmp_path / "data")
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "-m",
+            "zeroshot",
+            "-d",
+            "imagenet-a",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--results",
+            str(runs),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "imagenet-a is evaluation-only" in result.output and "domain-generalization" in result.output
+    assert not runs.exists() or not list(runs.rglob("*.json"))

@@ -37,6 +37,9 @@ class Dataset(abc.ABC):
     name: ClassVar[str]
     folder: ClassVar[str] = ""  # folder under the data root, CoOp layout
     domain_of: ClassVar[str | None] = None  # for shifted domains: the source dataset's name
+    # Evaluation-only datasets (ImageNet's shifts) have no train split of their own (train =
+    # val = test, as in CoOp): they can be targets, never the dataset a method is fitted on.
+    eval_only: ClassVar[bool] = False
     # How to get the data: "auto" (`fewshot data download NAME`), "manual" (instructions in
     # fix_hint and docs/datasets.md), or "none" (nothing to download: generated datasets).
     download: ClassVar[str] = "none"
@@ -76,6 +79,16 @@ class Dataset(abc.ABC):
             return self.path.is_dir()
         except DatasetError:
             return False
+
+    def check_trainable(self) -> None:
+        """Raise if a method may not be fitted on this dataset (it would train on test images)."""
+        if self.eval_only:
+            source = f" (trained on {self.domain_of})" if self.domain_of else ""
+            raise DatasetError(
+                f"{self.name} is evaluation-only: its train split is its test set. Use it as a target: "
+                f"--protocol domain-generalization{source}, e.g. `fewshot run --protocol "
+                f"domain-generalization -d {self.domain_of or 'SOURCE'}`."
+            )
 
     def fix_hint(self) -> str:
         """One line telling the user how to get this dataset."""

@@ -49,6 +49,7 @@ class ImageNetShift(CoopDataset):
     """An evaluation-only shift of ImageNet that uses ImageNet's class names."""
 
     domain_of: ClassVar[str | None] = "imagenet"
+    eval_only: ClassVar[bool] = True
     template: ClassVar[str] = "a photo of a {}."
 
     def _sources(self) -> tuple[str, ...]:
