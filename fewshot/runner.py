@@ -466,7 +466,13 @@ def _preflight(specs: Sequence[RunSpec], data_root: Path | None) -> None:
         if not dataset.is_present():
             problems.append(f"{name}: missing — {dataset.fix_hint()}")
     if problems:
-        raise FewshotError("Datasets missing:\n  " + "\n  ".join(problems))
+        unset = (
+            "No data root is set: pass --data-root DIR or set $FEWSHOT_DATA (where the datasets are, "
+            "or are to be downloaded).\n"
+            if data_root is None
+            else ""
+        )
+        raise FewshotError(unset + "Datasets missing:\n  " + "\n  ".join(problems))
     for spec in {(s.method, s.protocol, s.shots, s.overrides): s for s in specs}.values():
         METHODS.get(spec.method).config_cls.build(spec.protocol, spec.shots, dict(spec.overrides))
     for backbone, device in sorted({(s.backbone, s.device) for s in specs}):

@@ -79,3 +79,10 @@ def test_data_check_deep_finds_a_corrupt_image(tmp_path: Path) -> None:
     assert code == 0, out  # a shallow check only looks at the files being there
     code, out = _invoke("data", "check", "eurosat", "--deep", "--data-root", str(tmp_path))
     assert code == 1 and victim.name in out.replace("\n", "")
+
+
+def test_run_without_a_data_root_says_to_set_one(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("FEWSHOT_DATA", raising=False)
+    code, out = _invoke("run", "-m", "zeroshot", "-d", "dtd", "--results", str(tmp_path / "runs"))
+    assert code == 2 and "No data root is set" in out and "dtd: missing" in out
+    assert not (tmp_path / "runs").exists()
