@@ -14,7 +14,7 @@ Class names: from the split file (CoOp took them from ``cat_to_name.json``, e.g.
 Template: ``a photo of a {}, a type of flower.``
 
 Splits: CoOp's ``split_zhou_OxfordFlowers.json`` (102 classes; 4,093 / 1,633 / 2,463 images);
-without it (this needs scipy to read ``imagelabels.mat``, and CoOp's ``cat_to_name.json``),
+without it (this reads ``imagelabels.mat`` with scipy, and needs CoOp's ``cat_to_name.json``),
 images are grouped by label in order of first appearance in ``imagelabels.mat`` and split
 50/20/30 per class (:mod:`fewshot.datasets.coop`).
 
@@ -70,13 +70,8 @@ class Flowers102(CoopSplitDataset):
 
     def _read_labels(self) -> list[int]:
         file = self._need("imagelabels.mat")
-        try:
-            from scipy.io import loadmat
-        except ImportError:
-            raise DatasetError(
-                f"{self.name}: reading {file} needs scipy; fix: `pip install scipy`, or place CoOp's "
-                f"{self.split_file} in {self.path}"
-            ) from None
+        from scipy.io import loadmat  # a dependency (pyproject); imported only to generate a split
+
         try:
             return [int(label) for label in loadmat(file)["labels"][0]]
         except (OSError, ValueError, KeyError, IndexError, TypeError, NotImplementedError) as exc:

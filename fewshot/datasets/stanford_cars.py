@@ -17,7 +17,7 @@ Class names: from the split file; CoOp moved the year to the front ("2012 Tesla 
 Template: ``a photo of a {}.``
 
 Splits: CoOp's ``split_zhou_StanfordCars.json`` (196 classes; 6,509 / 1,635 / 8,041 images);
-without it (this needs scipy to read the .mat files), the official test annotations are the
+without it (the .mat annotations, read with scipy), the official test annotations are the
 test split and the train annotations are split 80/20 per class (:mod:`fewshot.datasets.coop`).
 
 Download: manual. Stanford's original links are dead; the same files circulate as mirrors
@@ -62,13 +62,8 @@ class StanfordCars(CoopSplitDataset):
 
     def _read_mat(self, image_dir: str, annotations: str, meta: Path) -> Entries:
         file = self._need(annotations)
-        try:
-            from scipy.io import loadmat
-        except ImportError:
-            raise DatasetError(
-                f"{self.name}: reading {file} needs scipy; fix: `pip install scipy`, or place CoOp's "
-                f"{self.split_file} in {self.path}"
-            ) from None
+        from scipy.io import loadmat  # a dependency (pyproject); imported only to generate a split
+
         try:
             names = loadmat(meta)["class_names"][0]
             rows: Entries = []
