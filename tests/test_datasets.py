@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -276,6 +277,17 @@ def test_split_generated_from_the_official_files(name: str, tmp_path: Path) -> N
     assert len(set(paths)) == len(paths)
     assert not any("BACKGROUND_Google" in p or "Faces_easy" in p for p in paths)
     assert dataset.check() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "mat"), [("flowers102", "imagelabels.mat"), ("stanford-cars", "devkit/cars_meta.mat")]
+)
+def test_an_unreadable_mat_file_names_the_file(name: str, mat: str, tmp_path: Path) -> None:
+    fake.SPLIT_FILE_BUILDERS[name](tmp_path, split=False)
+    dataset = get_dataset(name, tmp_path)
+    (dataset.path / mat).write_bytes(b"not a MATLAB file")
+    with pytest.raises(DatasetError, match=re.escape(str(dataset.path / mat))):
+        dataset.splits()
 
 
 def test_cub_uses_the_official_test_set(tmp_path: Path) -> None:

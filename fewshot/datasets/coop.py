@@ -46,7 +46,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fewshot._io import atomic_write_text
 from fewshot.datasets.base import Dataset, DatasetError
@@ -68,6 +68,7 @@ __all__ = [
     "image_names",
     "path_problem",
     "read_lines",
+    "read_mat",
     "read_split_file",
     "split_50_20_30",
     "split_folders",
@@ -126,6 +127,19 @@ def read_lines(file: Path, fix: str) -> list[str]:
     except OSError as exc:
         raise DatasetError(f"Cannot read {file} ({exc.strerror or exc}); fix: {fix}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_mat(file: Path, key: str, fix: str) -> Any:
+    """The ``key`` variable of a MATLAB file (scipy's ``loadmat``); DatasetError naming the
+    file and ``fix`` when it cannot be read."""
+    from scipy.io import loadmat  # a dependency; imported only where a split is generated
+    from scipy.io.matlab import MatReadError
+
+    try:
+        return loadmat(file)[key]
+    # loadmat raises NotImplementedError for MATLAB v7.3 (HDF5) files.
+    except (OSError, ValueError, KeyError, TypeError, MatReadError, NotImplementedError) as exc:
+        raise DatasetError(f"Cannot read {key!r} from {file} ({exc}); fix: {fix}") from None
 
 
 def read_split_file(file: Path, fix: str) -> dict[str, Entries]:

@@ -30,7 +30,7 @@ import random
 from typing import ClassVar
 
 from fewshot.datasets.base import DatasetError
-from fewshot.datasets.coop import SPLIT_NAMES, CoopSplitDataset, Entries, split_50_20_30
+from fewshot.datasets.coop import SPLIT_NAMES, CoopSplitDataset, Entries, read_mat, split_50_20_30
 
 __all__ = ["Flowers102"]
 
@@ -70,9 +70,8 @@ class Flowers102(CoopSplitDataset):
 
     def _read_labels(self) -> list[int]:
         file = self._need("imagelabels.mat")
-        from scipy.io import loadmat  # a dependency (pyproject); imported only to generate a split
-
+        labels = read_mat(file, "labels", self.fix_hint())
         try:
-            return [int(label) for label in loadmat(file)["labels"][0]]
-        except (OSError, ValueError, KeyError, IndexError, TypeError, NotImplementedError) as exc:
-            raise DatasetError(f"{self.name}: cannot read {file} ({exc}); fix: {self.fix_hint()}") from None
+            return [int(label) for label in labels[0]]
+        except (ValueError, IndexError, TypeError) as exc:
+            raise DatasetError(f"{self.name}: bad labels in {file} ({exc}); fix: {self.fix_hint()}") from None

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from fewshot.datasets.base import DatasetError
-from fewshot.datasets.coop import CoopSplitDataset, Entries, split_trainval
+from fewshot.datasets.coop import CoopSplitDataset, Entries, read_mat, split_trainval
 
 __all__ = ["StanfordCars"]
 
@@ -62,18 +62,17 @@ class StanfordCars(CoopSplitDataset):
 
     def _read_mat(self, image_dir: str, annotations: str, meta: Path) -> Entries:
         file = self._need(annotations)
-        from scipy.io import loadmat  # a dependency (pyproject); imported only to generate a split
-
+        names = read_mat(meta, "class_names", self.fix_hint())[0]
+        annos = read_mat(file, "annotations", self.fix_hint())[0]
         try:
-            names = loadmat(meta)["class_names"][0]
             rows: Entries = []
-            for anno in loadmat(file)["annotations"][0]:
+            for anno in annos:
                 label = int(anno["class"][0, 0]) - 1
                 words = str(names[label][0]).split(" ")
                 words.insert(0, words.pop())  # the year goes first, as CoOp names the classes
                 rows.append((f"{image_dir}/{anno['fname'][0]}", label, " ".join(words)))
-        except (OSError, ValueError, KeyError, IndexError, TypeError, NotImplementedError) as exc:
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise DatasetError(
-                f"{self.name}: cannot read {file} or {meta} ({exc}); fix: {self.fix_hint()}"
+                f"{self.name}: unexpected contents in {file} or {meta} ({exc}); fix: {self.fix_hint()}"
             ) from None
         return rows
