@@ -152,7 +152,7 @@ def run_fit(
         for key, value in _extra_costs(adapter).items():  # the fit's share plus this evaluation's
             costs[key] = fit_extra.get(key, 0.0) + value - extra_before.get(key, 0.0)
         results.append(
-            RunResult(record_spec, "ok", metrics, costs, config.to_dict(), {**provenance, **extra})
+            RunResult(record_spec, "ok", metrics, costs, adapter.config.to_dict(), {**provenance, **extra})
         )
     return results
 

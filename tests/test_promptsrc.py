@@ -79,6 +79,16 @@ def test_fewshot_gpa_comes_from_the_dataset_table():
     assert resolve_gpa(PromptSRCConfig.build("base2novel", 16), "dtd") == (15, 1)
 
 
+def test_the_fitted_config_records_the_gpa_it_used(ctx):
+    config = PromptSRCConfig.build("fewshot", 2, {"epochs": 1})
+    assert (config.gpa_mean, config.gpa_std) == (None, None)
+    adapter = PromptSRC(config)
+    ctx.generator.manual_seed(ctx.seed)
+    adapter.fit(ctx)
+    assert adapter.gpa == resolve_gpa(config, ctx.dataset) == (30.0, 30.0)
+    assert adapter.config.to_dict() == {**config.to_dict(), "gpa_mean": 30.0, "gpa_std": 30.0}
+
+
 @pytest.mark.parametrize(("epochs", "mu", "sigma"), [(20, 15, 1), (50, 30, 30), (50, 45, 5), (20, 6, 10)])
 def test_gpa_weights_are_the_normalised_gaussian(epochs, mu, sigma):
     raw = [gaussian(e, mu, sigma) for e in range(1, epochs + 1)]

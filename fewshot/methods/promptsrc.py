@@ -36,6 +36,7 @@ Presets (``PromptSRCConfig.preset``), from configs/trainers/PromptSRC/:
   ``gpa_std`` are unset: μ 30, σ 30 for ImageNet, Caltech101, OxfordPets, Food101, UCF101
   and SUN397; μ 45, σ 5 for StanfordCars, Flowers102, FGVCAircraft, DTD and EuroSAT; other
   datasets (the toy ones included) get μ 30, σ 30, the setting the config file leaves active.
+  The values used are written into the adapter's config at fit, so the record shows them.
 - ``cross-dataset`` and ``domain-generalization``: ``..._cross_datasets``: depth 3/3,
   20 epochs, GPA μ 6, σ 10.
 
@@ -55,6 +56,7 @@ Deviations from the official code:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -199,6 +201,7 @@ class PromptSRC(IVLP):
 
     def __init__(self, config: PromptSRCConfig | None = None) -> None:
         super().__init__(config)
+        self._requested = self.config  # gpa_mean / gpa_std may be None: resolved per dataset in fit
         self._teacher_text: torch.Tensor | None = None
         self._weights: list[float] = []
         self._aggregate: dict[str, torch.Tensor] = {}
@@ -210,7 +213,9 @@ class PromptSRC(IVLP):
         assert self.prompts is not None
         templates = promptsrc_templates()
         self._teacher_text = teacher_text_features(ctx.backbone, list(ctx.classnames), templates)
-        self.gpa = resolve_gpa(self.config, ctx.dataset)
+        self.gpa = resolve_gpa(self._requested, ctx.dataset)
+        # The config records what ran: unset GPA settings become the dataset's values.
+        self.config = dataclasses.replace(self._requested, gpa_mean=self.gpa[0], gpa_std=self.gpa[1])
         self._weights = gpa_weights(self.config.epochs, *self.gpa)
         self._aggregate = {k: torch.zeros_like(v) for k, v in self.prompts.state_dict().items()}
         self._teacher_images = 0
