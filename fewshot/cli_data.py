@@ -10,6 +10,8 @@
 - ``check [NAME...] [--data-root DIR] [--deep]``: per dataset, present and sound, missing, or
   wrong, with the fix (``Dataset.check``); exit 1 when a named dataset is missing or any
   present one is broken.
+- ``sort-imagenet-val [--data-root DIR]``: move ImageNet's flat val images into wnid folders
+  (labels from the devkit, through torchvision).
 
 As in :mod:`fewshot.cli`, a :class:`~fewshot.types.FewshotError` (bad input) is printed as one
 red line and exits with code 2. Heavy modules are imported inside the commands.
@@ -245,4 +247,26 @@ def check_command(names: CheckNamesArg = None, data_root: DataRootOpt = None, de
     console.print(table)
     if bad:
         _error(f"{bad} dataset(s) missing or broken; the table and the lines above say how to fix each.")
+        raise typer.Exit(NOT_IN_PLACE_EXIT)
+
+
+@data_app.command("sort-imagenet-val")
+def sort_imagenet_val_command(data_root: DataRootOpt = None) -> None:
+    """Sort ImageNet's flat validation images into class folders, with the devkit's labels.
+
+    Needs DATA_ROOT/imagenet/images/val/ILSVRC2012_val_*.JPEG (the extracted val tar) and
+    ILSVRC2012_devkit_t12.tar.gz in DATA_ROOT/imagenet/images/. Safe to rerun.
+    """
+    from fewshot.datasets import get_dataset
+    from fewshot.datasets.imagenet import sort_val_images
+
+    if data_root is None:
+        raise ConfigError("No data root: pass --data-root DIR or set $FEWSHOT_DATA.")
+    images = get_dataset("imagenet", data_root).path / "images"
+    moved, left = sort_val_images(images)
+    console.print(f"Moved {moved} validation images into class folders under {images / 'val'}.")
+    if left:
+        _error(
+            f"{left} image files still lie directly in {images / 'val'}: they are not official val images."
+        )
         raise typer.Exit(NOT_IN_PLACE_EXIT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fewshot.cli import app
@@ -86,3 +87,45 @@ def test_run_without_a_data_root_says_to_set_one(tmp_path: Path, monkeypatch) ->
     code, out = _invoke("run", "-m", "zeroshot", "-d", "dtd", "--results", str(tmp_path / "runs"))
     assert code == 2 and "No data root is set" in out and "dtd: missing" in out
     assert not (tmp_path / "runs").exists()
+
+
+def test_sort_imagenet_val_fixes_a_flat_val_folder(tmp_path: Path) -> None:
+    """The official val tar extracts flat: the reader refuses it, the command sorts it with the
+    devkit's labels (torchvision's meta.bin, here written by the test), and the labels hold."""
+    import torch
+    from torchvision.datasets.imagenet import META_FILE
+
+    from fewshot.datasets import get_dataset
+    from fewshot.datasets.base import DatasetError
+
+    trees.imagenet(tmp_path)
+    images = tmp_path / "imagenet" / "images"
+    val = images / "val"
+    truth = {}  # official name -> wnid, as the devkit would list it
+    for i, path in enumerate(sorted(val.rglob("*.JPEG")), start=1):
+        name = f"ILSVRC2012_val_{i:08d}.JPEG"
+        truth[name] = path.parent.name
+        path.rename(val / name)
+    for folder in [p for p in val.iterdir() if p.is_dir()]:
+        folder.rmdir()
+    with pytest.raises(DatasetError, match="not sorted into class folders"):
+        get_dataset("imagenet", tmp_path).splits()
+
+    code, out = _invoke("data", "sort-imagenet-val", "--data-root", str(tmp_path))
+    assert code == 2 and "ILSVRC2012_devkit_t12.tar.gz" in out  # no devkit, no meta.bin yet
+
+    wnids = sorted(set(truth.values()))
+    torch.save(({w: (w,) for w in wnids}, [truth[n] for n in sorted(truth)]), images / META_FILE)
+    first = "ILSVRC2012_val_00000001.JPEG"  # sorted by an interrupted earlier run
+    (val / truth[first]).mkdir()
+    (val / first).rename(val / truth[first] / first)
+    code, out = _invoke("data", "sort-imagenet-val", "--data-root", str(tmp_path))
+    assert code == 0, out
+    assert f"Moved {len(truth) - 1} " in out
+    test = get_dataset("imagenet", tmp_path).splits().test
+    assert len(test) == len(truth)
+    wnid_of_label = dict(zip(range(len(wnids)), wnids, strict=True))
+    for item in test.items:
+        assert truth[Path(item.path).name] == wnid_of_label[item.label]
+    code, out = _invoke("data", "sort-imagenet-val", "--data-root", str(tmp_path))
+    assert code == 0 and "Moved 0" in out  # a rerun changes nothing

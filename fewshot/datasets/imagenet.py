@@ -22,7 +22,8 @@ file system's order, which differs between machines).
 
 The validation images must be sorted into wnid folders. The official archive extracts them flat
 (``images/val/ILSVRC2012_val_00000001.JPEG``); that is an error naming the folder and the fix
-(docs/datasets.md#imagenet), never an empty test split.
+(docs/datasets.md#imagenet), never an empty test split. :func:`sort_val_images`
+(``fewshot data sort-imagenet-val``) sorts them with the devkit's labels.
 
 Download: manual (image-net.org requires a login): ``ILSVRC2012_img_train.tar`` and
 ``ILSVRC2012_img_val.tar``, extracted to ``images/train/<wnid>/`` and ``images/val/<wnid>/``,
@@ -32,6 +33,7 @@ and 50,000 val images.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -39,7 +41,17 @@ from fewshot.datasets.base import DatasetError
 from fewshot.datasets.coop import CoopDataset, Loaded, clean_classname, image_names, read_lines, subfolders
 from fewshot.types import Item, Split, Splits
 
-__all__ = ["CLASSNAMES_FILE", "ImageNet", "eval_only_splits", "read_classnames", "wnid_folder_items"]
+__all__ = [
+    "CLASSNAMES_FILE",
+    "DEVKIT",
+    "ImageNet",
+    "eval_only_splits",
+    "read_classnames",
+    "sort_val_images",
+    "wnid_folder_items",
+]
+
+DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
 
 CLASSNAMES_FILE = "classnames.txt"
 SPLIT_SOURCE = "images/{train,val} folders"
@@ -150,7 +162,45 @@ class ImageNet(CoopDataset):
 
     def _sort_hint(self, val_root: Path) -> str:
         return (
-            f"move each image into {val_root}/<wnid>/ (torchvision.datasets.ImageNet does it from the "
-            "devkit, or run the valprep.sh script of PyTorch's examples/imagenet/extract_ILSVRC.sh in "
-            "that folder); see docs/datasets.md#imagenet"
+            f"put {DEVKIT} (image-net.org) in {val_root.parent} and run `fewshot data sort-imagenet-val`, "
+            f"which moves each image into {val_root}/<wnid>/; see docs/datasets.md#imagenet"
         )
+
+
+def sort_val_images(images_dir: Path) -> tuple[int, int]:
+    """Move the official validation images, extracted flat into ``images_dir/val``, into
+    ``images_dir/val/<wnid>/``; return (images moved, images left flat).
+
+    The label of ``ILSVRC2012_val_<i>.JPEG`` is the devkit's i-th ground-truth entry, read
+    through torchvision (installed with fewshot): from ``images_dir/meta.bin`` when
+    torchvision has made it, otherwise parsed from ``images_dir/ILSVRC2012_devkit_t12.tar.gz``
+    (md5-checked by torchvision). Images already in their folders stay, so a rerun after an
+    interruption sorts the rest. Files that are not official val images are left alone.
+    """
+    from torchvision.datasets.imagenet import META_FILE, load_meta_file, parse_devkit_archive
+
+    val = images_dir / "val"
+    if not val.is_dir():
+        raise DatasetError(f"No folder {val}: extract ILSVRC2012_img_val.tar there first.")
+    if not (images_dir / META_FILE).is_file():
+        if not (images_dir / DEVKIT).is_file():
+            raise DatasetError(
+                f"The val labels come from the devkit: put {DEVKIT} (image-net.org, with the val tar) "
+                f"in {images_dir} and run the command again."
+            )
+        try:
+            parse_devkit_archive(str(images_dir))
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise DatasetError(f"Cannot read {images_dir / DEVKIT} ({exc}); download it again.") from None
+    try:
+        _, wnids = load_meta_file(str(images_dir))
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise DatasetError(f"Cannot read {images_dir / META_FILE} ({exc}); delete it and rerun.") from None
+    moved = 0
+    for index, wnid in enumerate(wnids, start=1):
+        name = f"ILSVRC2012_val_{index:08d}.JPEG"
+        if (val / name).is_file():
+            (val / wnid).mkdir(exist_ok=True)
+            os.replace(val / name, val / wnid / name)
+            moved += 1
+    return moved, len(image_names(val))

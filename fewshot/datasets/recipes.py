@@ -138,8 +138,8 @@ https://image-net.org (non-commercial research licence).
    ImageNet('{path}/images', split='val')
    EOF
    This writes {path}/images/train/n*/ and {path}/images/val/n*/ (1,000 folders each); then
-   delete the .tar files. (Val already extracted flat? Run, inside images/val:
-   wget -qO- https://raw.githubusercontent.com/soumith/imagenetloader.torch/master/valprep.sh | bash)
+   delete the .tar files. (Val already extracted flat? Keep the devkit in {path}/images/ and
+   run `fewshot data sort-imagenet-val`.)
 4. Download classnames.txt (CLIP's class names, from CoOp's DATASETS.md) from
    https://drive.google.com/file/d/1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF/view into {path}/
 Already have ImageNet extracted and sorted elsewhere? Link it instead of steps 1-3:
