@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.methods._training import SGDConfig, sgd_with_schedule
+from fewshot.methods._training import SGDConfig, clip_logits, sgd_with_schedule
 from fewshot.methods.base import Adapter, FitContext, Needs, QueryBatch
 from fewshot.methods.coop import ClassPrompts, build_class_prompts
 from fewshot.prompting import (
@@ -241,8 +241,7 @@ class DeepPromptAdapter(Adapter):
 
     def _logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         assert self.backbone is not None
-        image = F.normalize(image.float(), dim=-1)
-        return self.backbone.logit_scale * image @ F.normalize(text.float(), dim=-1).t()
+        return clip_logits(self.backbone.logit_scale, image, text)
 
     # -- predict ---------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 - :class:`SGDConfig`: the settings every Dassl-trained method has (epochs, lr, batch,
   momentum, weight decay, warm-up, init std), with their checks; method configs extend it.
 - :func:`sgd_with_schedule`: :func:`make_sgd` and :func:`make_warmup_cosine` from such a config.
+- :func:`clip_logits`: logit scale times the cosine of image and text features.
 - :func:`seeded_linear`: an ``nn.Linear`` initialised as PyTorch does, from the run's generator.
 - :func:`make_sgd`: SGD with the Dassl defaults (momentum 0.9, weight decay 5e-4, no
   Nesterov, dampening 0), which every Dassl config with ``NAME: sgd`` uses.
@@ -34,6 +35,7 @@ from fewshot.types import AdapterConfig, ConfigError
 
 __all__ = [
     "SGDConfig",
+    "clip_logits",
     "make_sgd",
     "make_warmup_cosine",
     "seeded_linear",
@@ -80,6 +82,12 @@ def sgd_with_schedule(
         optimizer, cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr
     )
     return optimizer, schedule
+
+
+def clip_logits(logit_scale: float | torch.Tensor, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """CLIP's logits (B, C): logit_scale · cos(image features (B, D), text features (C, D))."""
+    image = torch.nn.functional.normalize(image.float(), dim=-1)
+    return logit_scale * image @ torch.nn.functional.normalize(text.float(), dim=-1).t()
 
 
 def seeded_linear(fan_in: int, fan_out: int, generator: torch.Generator) -> nn.Linear:

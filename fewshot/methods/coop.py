@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.methods._training import SGDConfig, sgd_with_schedule, train_batches
+from fewshot.methods._training import SGDConfig, clip_logits, sgd_with_schedule, train_batches
 from fewshot.methods.base import Adapter, FitContext, Needs, QueryBatch
 from fewshot.prompting import (
     TextTower,
@@ -309,8 +309,7 @@ class CoOp(Adapter):
 
     def _logits(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         assert self.backbone is not None
-        image = F.normalize(features.float(), dim=-1)
-        return self.backbone.logit_scale * image @ F.normalize(text.float(), dim=-1).t()
+        return clip_logits(self.backbone.logit_scale, features, text)
 
     def text_features(self, classnames: list[str]) -> torch.Tensor:
         """L2-normalised text features (C, D) of the learned prompts for ``classnames``."""
