@@ -317,7 +317,7 @@ def _evaluate(
         feats = encode_items(backbone, dataset, test, cache=cache)
         index = [i for i, item in enumerate(test.items) if item.label in relabel]
         with torch.no_grad(), _autocast(backbone.device)():
-            for chunk in feats.features[index].to(backbone.device).split(EVAL_BATCH):
+            for chunk in torch.split(feats.features[index].to(backbone.device), EVAL_BATCH):
                 query = QueryBatch(classnames, template, features=chunk, templates=templates)
                 logits.append(adapter.predict(query).float().cpu())
     else:

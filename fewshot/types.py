@@ -275,10 +275,10 @@ class LazyFeatureSet(FeatureSet):
             self._value = self._compute()
         return self._value
 
-    features = property(lambda self: self.resolve().features)  # type: ignore[assignment]
-    labels = property(lambda self: self.resolve().labels)  # type: ignore[assignment]
-    ids = property(lambda self: self.resolve().ids)  # type: ignore[assignment]
-    key = property(lambda self: self.resolve().key)  # type: ignore[assignment]
+    features = property(lambda self: self.resolve().features)
+    labels = property(lambda self: self.resolve().labels)
+    ids = property(lambda self: self.resolve().ids)
+    key = property(lambda self: self.resolve().key)
 
     def __repr__(self) -> str:
         return "LazyFeatureSet(computed)" if self._value is not None else "LazyFeatureSet(pending)"

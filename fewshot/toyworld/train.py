@@ -22,6 +22,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ def load_config(config_dir: Path = TOY_MODEL_DIR) -> dict:
     return json.loads((config_dir / CONFIG_NAME).read_text())
 
 
-def build_model(config: dict, seed: int) -> torch.nn.Module:
+def build_model(config: dict, seed: int) -> Any:
     """A randomly initialised open_clip CLIP from ``config["model_cfg"]``."""
     import open_clip
 
@@ -96,7 +97,7 @@ def build_model(config: dict, seed: int) -> torch.nn.Module:
 def to_tensor(images: list[Image.Image], preprocess_cfg: dict) -> torch.Tensor:
     """Resize (bicubic, as open_clip's eval transform does) and normalise a list of images."""
     size = preprocess_cfg["size"]
-    arr = np.stack([np.asarray(im.resize((size, size), Image.BICUBIC)) for im in images])
+    arr = np.stack([np.asarray(im.resize((size, size), Image.Resampling.BICUBIC)) for im in images])
     x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(preprocess_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(preprocess_cfg["std"]).view(1, 3, 1, 1)
@@ -138,7 +139,13 @@ def _focus_values(focus: str, shared: dict) -> list:
         return [c for c in COLORS if c != shared["background"]]
     if focus == "background":
         return [b for b in BACKGROUNDS if b != shared["color"]]
-    return {"shape": list(SHAPES), "texture": list(TEXTURES), "size": list(SIZES), "count": [1, 2, 3]}[focus]
+    values: dict[str, list] = {
+        "shape": list(SHAPES),
+        "texture": list(TEXTURES),
+        "size": list(SIZES),
+        "count": [1, 2, 3],
+    }
+    return values[focus]
 
 
 def pretrain_batch(
@@ -203,6 +210,9 @@ class CompactEmbedding(torch.nn.Module):
     result as training the full table (unused rows get no gradient, and embeddings have no
     weight decay) at a fraction of the optimizer cost. :meth:`write_back` copies them home.
     """
+
+    ids: torch.Tensor
+    remap: torch.Tensor
 
     def __init__(self, full: torch.nn.Embedding, token_ids: list[int]) -> None:
         super().__init__()
@@ -282,10 +292,7 @@ def make_optimizer(model, embed: CompactEmbedding, lr: float, weight_decay: floa
         no_decay = p.ndim < 2 or "embedding" in name or name == "logit_scale"
         groups[(tower, not no_decay)].append(p)
     return torch.optim.AdamW(
-        [
-            {"params": ps, "weight_decay": weight_decay if decay else 0.0}
-            for (_, decay), ps in groups.items()
-        ],
+        [{"params": ps, "weight_decay": weight_decay if decay else 0.0} for (_, decay), ps in groups.items()],
         lr=lr,
         betas=(0.9, 0.98),
         eps=1e-6,

@@ -87,7 +87,7 @@ def sample_scene(rng: np.random.Generator, domain: str = "photo", **fixed: objec
     color = str(fixed.get("color") or rng.choice(list(COLORS)))
     texture = str(fixed.get("texture") or rng.choice(TEXTURES))
     size = str(fixed.get("size") or rng.choice(list(SIZES)))
-    count = int(fixed.get("count") or rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15]))  # type: ignore[call-overload]
+    count = int(str(fixed.get("count") or rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15])))
     backgrounds = [b for b in BACKGROUNDS if b != color]
     background = str(fixed.get("background") or rng.choice(backgrounds))
     objects = _place_objects(rng, size, count)
