@@ -94,7 +94,9 @@ def run_fit(
     _reset_peak_memory(device)
 
     method_cls = METHODS.get(spec.method)
-    config = method_cls.config_cls.build(spec.protocol, spec.shots, dict(spec.overrides))
+    config = method_cls.config_cls.build(
+        spec.protocol, spec.shots, dict(spec.overrides), dataset=spec.dataset
+    )
     backbone = load_backbone(spec.backbone, device)
     dataset = get_dataset(spec.dataset, data_root)
     dataset.check_trainable()
@@ -474,7 +476,9 @@ def _preflight(specs: Sequence[RunSpec], data_root: Path | None) -> None:
         )
         raise FewshotError(unset + "Datasets missing:\n  " + "\n  ".join(problems))
     for spec in {(s.method, s.protocol, s.shots, s.overrides): s for s in specs}.values():
-        METHODS.get(spec.method).config_cls.build(spec.protocol, spec.shots, dict(spec.overrides))
+        METHODS.get(spec.method).config_cls.build(
+            spec.protocol, spec.shots, dict(spec.overrides), dataset=spec.dataset
+        )
     for backbone, device in sorted({(s.backbone, s.device) for s in specs}):
         load_backbone(backbone, device)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import inspect
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -321,26 +322,34 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
 class AdapterConfig:
     """Base class of every method's hyper-parameter dataclass.
 
-    Subclasses are frozen dataclasses with defaults. Values are resolved in this order,
-    later wins: field defaults < :meth:`preset` for (protocol, shots) < user overrides
-    (``--set key=value``).
+    Subclasses are frozen dataclasses with defaults. Values are resolved before a run
+    starts, in this order, later wins: field defaults < :meth:`preset` for (protocol, shots,
+    dataset) < user overrides (``--set key=value``). A method never changes its config
+    while fitting: the config a record holds is the one that ran.
     """
 
     _presets_doc: ClassVar[str] = ""
 
     @classmethod
-    def preset(cls, protocol: str, shots: int) -> dict[str, Any]:
-        """Overrides of the defaults for a protocol and shot count (e.g. CoOp's epochs)."""
+    def preset(cls, protocol: str, shots: int, dataset: str) -> dict[str, Any]:
+        """Overrides of the defaults for a protocol, shot count and dataset (its registry
+        name, e.g. ``imagenet``; for transfer protocols the dataset fitted on), e.g. CoOp's
+        epochs per shot count and its 50 ImageNet epochs."""
         return {}
 
     @classmethod
     def build(
-        cls, protocol: str = "fewshot", shots: int = 16, overrides: Mapping[str, Any] | None = None
+        cls,
+        protocol: str = "fewshot",
+        shots: int = 16,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        dataset: str = "",
     ) -> Self:
         """Resolve defaults, preset and overrides into a config; unknown keys are an error."""
         names = [f.name for f in dataclasses.fields(cls)]
         hints = get_type_hints(cls)
-        values: dict[str, Any] = dict(cls.preset(protocol, shots))
+        values: dict[str, Any] = dict(cls._preset(protocol, shots, dataset))
         for key, value in (overrides or {}).items():
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=3)
@@ -350,6 +359,17 @@ class AdapterConfig:
                 )
             values[key] = _coerce(value, hints[key], key)
         return cls(**values)
+
+    @classmethod
+    def _preset(cls, protocol: str, shots: int, dataset: str) -> dict[str, Any]:
+        """:meth:`preset`, also for plugins written before presets saw the dataset."""
+        if len(inspect.signature(cls.preset).parameters) == 2:  # preset(protocol, shots)
+            return cls.preset(protocol, shots)  # type: ignore[call-arg]
+        return cls.preset(protocol, shots, dataset)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -362,6 +382,7 @@ class AdapterConfig:
 PROTOCOLS = ("fewshot", "base2novel", "cross-dataset", "domain-generalization")
 TRANSFER_PROTOCOLS = ("cross-dataset", "domain-generalization")  # fit on a source, score targets
 SHOTS = (1, 2, 4, 8, 16)
+RUN_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -383,6 +404,7 @@ class RunSpec:
     aug_views: int = 10  # augmented views per support image; 0 = online augmentation
     target: str = ""  # cross-dataset / domain-generalization: the dataset evaluated ("" = the source)
     device: str = "cpu"
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast), resolved from --precision by the plan
 
     def __post_init__(self) -> None:
         if self.shots < 1:
@@ -400,6 +422,11 @@ class RunSpec:
             )
         if self.target == self.dataset and self.target:
             raise ConfigError(f"Target {self.target} is the source itself; leave target empty for it.")
+        if self.precision not in RUN_PRECISIONS:
+            raise ConfigError(
+                f"A run's precision is one of {', '.join(RUN_PRECISIONS)}, got {self.precision!r} "
+                "(--precision auto is resolved by the plan)."
+            )
         object.__setattr__(self, "overrides", tuple(sorted(self.overrides)))
 
     @property
@@ -422,13 +449,16 @@ class RunSpec:
         data.pop("device")
         # Hashed as a list, the form records written before per-target records had.
         data["targets"] = [data.pop("target")] if self.target else []
+        if self.precision == "fp32":  # fp32 records from before the precision field keep their hash
+            data.pop("precision")
         return stable_hash(data)
 
     def record_path(self, root: Path) -> Path:
         """Where this run's record lives under a results folder."""
         backbone = BackboneSpec.parse(self.backbone).safe_name
         to = f"-to-{safe_name(self.target)}" if self.target else ""
-        name = f"{self.protocol}-k{self.shots}-s{self.seed}{to}.json"
+        precision = f"-{self.precision}" if self.precision != "fp32" else ""
+        name = f"{self.protocol}-k{self.shots}-s{self.seed}{to}{precision}.json"
         return Path(root) / safe_name(self.dataset) / backbone / safe_name(self.variant) / name
 
     def to_dict(self) -> dict[str, Any]:
@@ -482,4 +512,4 @@ class RunResult:
         return cls(**data)
 
 
-__all__ += ["PROTOCOLS", "SHOTS", "TRANSFER_PROTOCOLS", "RunResult"]
+__all__ += ["PROTOCOLS", "RUN_PRECISIONS", "SHOTS", "TRANSFER_PROTOCOLS", "RunResult"]

@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fewshot.methods import cocoop as cocoop_module
 from fewshot.methods.base import QueryBatch
 from fewshot.methods.cocoop import CoCoOp, CoCoOpConfig
 from fewshot.methods.coop import CoOp, CoOpConfig
+from fewshot.prompting import assemble_prompts
+from fewshot.prompting import prompts as prompts_module
 from fewshot.runner import sweep
 from fewshot.testing import make_fit_context, make_query_batch
 from fewshot.types import PROTOCOLS, ConfigError, RunSpec
@@ -93,9 +94,9 @@ def test_meta_net_shift_is_per_image_and_shared_by_context_tokens(backbone, quer
     assert not torch.allclose(shift[0], shift[1], atol=1e-4)  # one shift per image
 
     names = query.classnames
-    prompts = adapter._class_prompts(names)
+    prompts = adapter.prompts_for(names)
     with torch.no_grad():
-        embeddings = learner(prompts, image)  # (2, C, L, W)
+        embeddings = assemble_prompts(prompts, learner.class_contexts(image, len(names)))  # (2, C, L, W)
     for b in range(2):
         for c in range(len(names)):  # "end" layout: positions 1..M hold this image's context
             assert torch.equal(embeddings[b, c, 1:5], contexts[b])
@@ -121,13 +122,13 @@ def test_batched_prediction_equals_the_per_image_loop_and_chunks_are_bounded(bac
     )
 
     calls: list[int] = []
-    encode = cocoop_module.encode_text_embeddings
+    encode = prompts_module.encode_text_embeddings
 
-    def spy(tower, embeddings, tokens):
+    def spy(tower, embeddings, tokens, **kwargs):
         calls.append(embeddings.shape[0])
-        return encode(tower, embeddings, tokens)
+        return encode(tower, embeddings, tokens, **kwargs)
 
-    monkeypatch.setattr(cocoop_module, "encode_text_embeddings", spy)
+    monkeypatch.setattr(prompts_module, "encode_text_embeddings", spy)
     batched = adapter.predict(query)
     assert torch.allclose(batched, one_by_one, atol=1e-5)
     assert calls == [6] * (n // 2) + ([3] if n % 2 else [])  # at most 7 sequences per call

@@ -17,6 +17,7 @@ from torch import nn
 
 from fewshot import prompting
 from fewshot.backbones import load_backbone
+from fewshot.types import FewshotError
 
 N = 3  # prompt tokens used throughout
 
@@ -252,7 +253,7 @@ def test_attention_pool_tower_is_refused():
     vit = _tiny_vit(attentional_pool=True, attn_pooler_queries=4, attn_pooler_heads=2)
     with pytest.raises(prompting.UnsupportedVisionTowerError, match="attention pooler"):
         prompting.vision_tower(vit, "coca-like")
-    assert issubclass(prompting.UnsupportedVisionTowerError, prompting.FewshotError)
+    assert issubclass(prompting.UnsupportedVisionTowerError, FewshotError)
 
 
 def test_too_many_or_mismatched_vision_prompts_are_errors(toy):

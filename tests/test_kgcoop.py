@@ -90,11 +90,16 @@ def test_knowledge_gap_vanishes_at_init_when_the_template_is_the_init_prompt(bac
 
 
 def test_dtd_uses_kgcoops_own_template(backbone, objects):
+    """The preset puts KgCoOp's DTD template into the config; other datasets keep their own."""
     names = objects.classnames
-    dtd = fit(KgCoOp, KgCoOpConfig(epochs=0), objects, dataset="dtd", template="{} texture.")
-    assert dtd.template == "a photo of a {}, a type of texture."
+    dtd_config = KgCoOpConfig.build("fewshot", 16, {"epochs": 0}, dataset="dtd")
+    assert dtd_config.template == "a photo of a {}, a type of texture."
+    dtd = fit(KgCoOp, dtd_config, objects, dataset="dtd", template="{} texture.")
+    assert dtd.template == "a photo of a {}, a type of texture." and dtd.config is dtd_config
     assert torch.allclose(dtd.clip_text, hand_crafted(backbone, dtd.template, names), atol=1e-5)
-    other = fit(KgCoOp, KgCoOpConfig(epochs=0), objects, dataset="my-textures", template="{} texture.")
+    other_config = KgCoOpConfig.build("fewshot", 16, {"epochs": 0}, dataset="my-textures")
+    assert other_config.template == ""  # the dataset's own
+    other = fit(KgCoOp, other_config, objects, dataset="my-textures", template="{} texture.")
     assert other.template == "{} texture."
     assert torch.allclose(other.clip_text, hand_crafted(backbone, "{} texture.", names), atol=1e-5)
 

@@ -7,9 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.methods.base import FitContext, Needs, QueryBatch
-from fewshot.methods.coop import PromptLearner, build_class_prompts
 from fewshot.methods.maple import MaPLe, MaPLeConfig
-from fewshot.prompting import embed_tokens, encode_images_prompted, encode_text_embeddings, text_tower
+from fewshot.prompting import (
+    build_class_prompts,
+    embed_tokens,
+    encode_class_prompts,
+    encode_images_prompted,
+    text_tower,
+)
 from fewshot.testing import make_fit_context, make_query_batch
 from fewshot.types import ConfigError, FewshotError
 
@@ -55,7 +60,7 @@ def test_context_is_the_first_two_tokens_and_the_prompt_keeps_of_a(ctx):
     tokens = ctx.backbone.tokenize(["a photo of a"])
     words = embed_tokens(ctx.backbone.model, tokens)[0, 1:3]  # "a", "photo"
     assert torch.equal(adapter.prompts.ctx.detach(), words.float())
-    prompts = adapter._prompts_for(NAMES)
+    prompts = adapter.prompts_for(NAMES)
     assert torch.equal(prompts.tokens, ctx.backbone.tokenize([f"a photo of a {n}." for n in NAMES]))
     # Untrained, with no deep prompts, the text side is CLIP on "a photo of a {class}.".
     shallow = fit(ctx, depth=1, epochs=0)
@@ -104,12 +109,10 @@ def test_depth_one_equals_coop_with_the_same_two_token_context(ctx, query):
     adapter = fit(ctx, depth=1, epochs=2)
     tower = text_tower(ctx.backbone.model)
     coop_prompts = build_class_prompts(ctx.backbone, tower, NAMES, 2, "a photo of a", "end")
-    learner = PromptLearner(adapter.prompts.ctx.detach())
+    context = adapter.prompts.ctx.detach()
     with torch.no_grad():
-        coop_text = F.normalize(
-            encode_text_embeddings(tower, learner(coop_prompts), coop_prompts.tokens), dim=-1
-        )
-        image = encode_images_prompted(ctx.backbone.model, query.images, [adapter.prompts.proj(learner.ctx)])
+        coop_text = F.normalize(encode_class_prompts(tower, coop_prompts, context), dim=-1)
+        image = encode_images_prompted(ctx.backbone.model, query.images, [adapter.prompts.proj(context)])
         logits = adapter.predict(QueryBatch(classnames=NAMES, template="", images=query.images))
     assert torch.allclose(adapter.text_features(NAMES), coop_text, atol=1e-5, rtol=0)
     expected = ctx.backbone.logit_scale * F.normalize(image, dim=-1) @ coop_text.t()

@@ -13,6 +13,7 @@ from fewshot.methods.base import FitContext, QueryBatch
 from fewshot.methods.coop import CoOp, CoOpConfig
 from fewshot.methods.linear_probe import COARSE_GRID, LinearProbe, LinearProbeConfig, search_c
 from fewshot.methods.zeroshot import ZeroShot, ZeroShotConfig
+from fewshot.prompting import assemble_prompts
 from fewshot.types import ConfigError, FeatureSet, FewshotError
 
 NAMES = ["red circle", "blue square", "green striped triangle"]
@@ -237,21 +238,21 @@ def test_coop_untrained_word_init_equals_encoding_the_text(backbone, position, p
 
 def test_coop_prompt_layout_and_eot_positions(backbone):
     adapter = fit_coop(backbone, NAMES, epochs=0, n_ctx=4, class_token_position="front")
-    prompts = adapter._class_prompts(NAMES)
+    prompts = adapter.prompts_for(NAMES)
     # Token lengths of the names, counted independently: ids between SOS and EOT.
     name_lens = [int((backbone.tokenize([n])[0] != 0).sum()) - 2 for n in NAMES]
     assert name_lens[0] == 2  # "red circle"
     assert prompts.tokens.argmax(-1).tolist() == [1 + 4 + k + 1 for k in name_lens]  # SOS ctx name . EOT
     # "end" layout positions: 0 SOS, 1-4 ctx, 5-6 "red circle", 7 ".", 8 EOT; "front" puts the name first.
     assert prompts.order[0, :9].tolist() == [0, 5, 6, 1, 2, 3, 4, 7, 8]
-    embeddings = adapter.learner(prompts)
+    embeddings = assemble_prompts(prompts, adapter.learner.ctx.expand(len(NAMES), -1, -1))
     ctx = adapter.learner.ctx.detach()
     words = backbone.model.token_embedding(backbone.tokenize(["red circle"])[0, 1:3])
     assert torch.equal(embeddings[0, 1:3].detach(), words)
     assert torch.equal(embeddings[0, 3:7].detach(), ctx)
 
     middle = fit_coop(backbone, NAMES, epochs=0, n_ctx=4, class_token_position="middle")
-    assert middle._class_prompts(NAMES).order[0, :9].tolist() == [0, 1, 2, 5, 6, 3, 4, 7, 8]
+    assert middle.prompts_for(NAMES).order[0, :9].tolist() == [0, 1, 2, 5, 6, 3, 4, 7, 8]
 
 
 def test_coop_trains_only_the_context_and_handles_new_class_names(backbone):
@@ -303,6 +304,12 @@ def test_coop_presets_and_validation():
     assert (b2n.ctx_init, b2n.n_ctx, b2n.epochs) == ("a photo of a", 4, 200)
     xd = CoOpConfig.build("cross-dataset", 16)
     assert (xd.ctx_init, xd.epochs) == ("a photo of a", 50)
+    # ImageNet: the *_ep50 configs at every shot count, vit_b16_ep50_ctxv1 in base-to-novel.
+    imagenet = [CoOpConfig.build("fewshot", k, dataset="imagenet").epochs for k in (1, 2, 4, 8, 16)]
+    assert imagenet == [50] * 5
+    b2n_imagenet = CoOpConfig.build("base2novel", 16, dataset="imagenet")
+    assert (b2n_imagenet.ctx_init, b2n_imagenet.n_ctx, b2n_imagenet.epochs) == ("a photo of a", 4, 50)
+    assert CoOpConfig.build("fewshot", 16, dataset="caltech101").epochs == 200
     assert CoOpConfig.build("fewshot", 1, {"epochs": "7"}).epochs == 7
     with pytest.raises(ConfigError, match="class_token_position"):
         CoOpConfig(class_token_position="start")

@@ -16,7 +16,6 @@ from fewshot.methods.promptsrc import (
     PromptSRCConfig,
     gpa_weights,
     promptsrc_templates,
-    resolve_gpa,
     self_consistency_terms,
 )
 from fewshot.testing import make_fit_context
@@ -57,8 +56,8 @@ def test_presets_follow_the_published_configs():
     assert (b2n.depth_text, b2n.depth_vision, b2n.n_ctx_text, b2n.n_ctx_vision) == (9, 9, 4, 4)
     assert (b2n.lr, b2n.epochs, b2n.batch_size, b2n.gpa_mean, b2n.gpa_std) == (0.0025, 20, 4, 15, 1)
     assert (b2n.text_weight, b2n.image_weight) == (25, 10)
-    few = PromptSRCConfig.build("fewshot", 4)
-    assert (few.depth_text, few.depth_vision, few.epochs, few.gpa_mean, few.gpa_std) == (9, 9, 50, None, None)
+    few = PromptSRCConfig.build("fewshot", 4, dataset="dtd")
+    assert (few.depth_text, few.depth_vision, few.epochs, few.gpa_mean, few.gpa_std) == (9, 9, 50, 45, 5)
     for protocol in ("cross-dataset", "domain-generalization"):
         xd = PromptSRCConfig.build(protocol, 16)
         assert (xd.depth_text, xd.depth_vision, xd.epochs, xd.gpa_mean, xd.gpa_std) == (3, 3, 20, 6, 10)
@@ -67,26 +66,28 @@ def test_presets_follow_the_published_configs():
 
 
 def test_fewshot_gpa_comes_from_the_dataset_table():
-    few = PromptSRCConfig.build("fewshot", 16)
+    def gpa(dataset: str, protocol: str = "fewshot", **overrides: object) -> tuple[float, float]:
+        config = PromptSRCConfig.build(protocol, 16, overrides, dataset=dataset)
+        return config.gpa_mean, config.gpa_std
+
     # The few-shot config's comments: 30/30 for these ...
     for name in ("imagenet", "caltech-101", "oxford_pets", "food-101", "ucf101", "sun397"):
-        assert resolve_gpa(few, name) == (30, 30), name
+        assert gpa(name) == (30, 30), name
     # ... and 45/5 for these.
     for name in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"):
-        assert resolve_gpa(few, name) == (45, 5), name
-    assert resolve_gpa(few, "toy-objects") == (30, 30)  # the value the config file leaves active
-    assert resolve_gpa(PromptSRCConfig.build("fewshot", 16, {"gpa_mean": 7}), "dtd") == (7, 5)
-    assert resolve_gpa(PromptSRCConfig.build("base2novel", 16), "dtd") == (15, 1)
+        assert gpa(name) == (45, 5), name
+    assert gpa("toy-objects") == (30, 30)  # the value the config file leaves active
+    assert gpa("dtd", gpa_mean=7) == (7, 5)  # an override wins over the preset
+    assert gpa("dtd", "base2novel") == (15, 1)  # base-to-novel has one GPA for every dataset
 
 
-def test_the_fitted_config_records_the_gpa_it_used(ctx):
-    config = PromptSRCConfig.build("fewshot", 2, {"epochs": 1})
-    assert (config.gpa_mean, config.gpa_std) == (None, None)
+def test_fit_uses_the_configs_gpa_and_never_changes_the_config(ctx):
+    config = PromptSRCConfig.build("fewshot", 2, {"epochs": 3}, dataset="dtd")
     adapter = PromptSRC(config)
     ctx.generator.manual_seed(ctx.seed)
     adapter.fit(ctx)
-    assert adapter.gpa == resolve_gpa(config, ctx.dataset) == (30.0, 30.0)
-    assert adapter.config.to_dict() == {**config.to_dict(), "gpa_mean": 30.0, "gpa_std": 30.0}
+    assert adapter.config is config
+    assert adapter._weights == gpa_weights(3, 45.0, 5.0)
 
 
 @pytest.mark.parametrize(("epochs", "mu", "sigma"), [(20, 15, 1), (50, 30, 30), (50, 45, 5), (20, 6, 10)])
@@ -161,7 +162,7 @@ def test_loss_adds_the_weighted_regularisers_to_cross_entropy(ctx):
     """With zero weights and a student equal to the teacher, the loss is the teacher's CE."""
     adapter = fit(ctx, depth_text=1, depth_vision=0, epochs=0, text_weight=0, image_weight=0)
     images, labels = next(iter(ctx.train_images.loader(4, augment=False, shuffle=False)))
-    prompts = adapter._prompts_for(ctx.classnames)
+    prompts = adapter.prompts_for(ctx.classnames)
     with torch.no_grad():
         loss = adapter._loss(images, labels, prompts)
         student_text = F.normalize(adapter._encode_text(prompts), dim=-1)

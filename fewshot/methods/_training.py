@@ -10,7 +10,11 @@
 - :func:`make_warmup_cosine`: Dassl's ``cosine`` scheduler wrapped in its ``constant``
   warm-up, stepped once per epoch. METHODS.md §0.1.
 - :func:`train_batches`: one epoch of support-set image features, either from cached
-  augmented views (one view per image per epoch) or encoded online from augmented images.
+  augmented views (one view per image per epoch) or encoded online from augmented images;
+  :func:`image_batches`: one epoch of augmented support images (for prompted image towers).
+- :func:`fit_sgd`: the one training loop of the prompt learners (Dassl's: SGD steps over an
+  epoch's batches under the run's autocast, the schedule stepped once per epoch, the last
+  epoch kept).
 
 Dassl's warm-up semantics, reproduced exactly (``WARMUP_RECOUNT: True``, its default):
 epochs ``0 .. W-1`` run at the constant ``warmup_lr``; from epoch ``W`` on, the cosine
@@ -36,12 +40,16 @@ from fewshot.types import AdapterConfig, ConfigError
 __all__ = [
     "SGDConfig",
     "clip_logits",
+    "fit_sgd",
+    "image_batches",
     "make_sgd",
     "make_warmup_cosine",
     "seeded_linear",
     "sgd_with_schedule",
     "train_batches",
 ]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -129,9 +137,7 @@ def make_warmup_cosine(
     return LambdaLR(optimizer, [factor_for(group["lr"]) for group in optimizer.param_groups])
 
 
-def train_batches(
-    ctx: FitContext, epoch: int, batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def train_batches(ctx: FitContext, epoch: int, batch_size: int) -> Iterator[Batch]:
     """Raw image features and labels of one training epoch, on ``ctx.device``.
 
     With cached views (``ctx.train_views``, view-major, V views of N images), epoch ``e``
@@ -159,3 +165,47 @@ def train_batches(
         with torch.no_grad(), ctx.autocast():
             features = ctx.backbone.encode_images(images.to(ctx.device)).float()
         yield features, labels.to(ctx.device)
+
+
+def image_batches(ctx: FitContext, epoch: int, batch_size: int) -> Iterator[Batch]:
+    """Freshly augmented support images and labels of one epoch, on ``ctx.device``.
+
+    Shuffling and the crops draw from ``ctx.generator``; as Dassl's train loader, the last
+    short batch is dropped when there are at least ``batch_size`` images.
+    """
+    drop_last = len(ctx.train_images) >= batch_size
+    loader = ctx.train_images.loader(
+        batch_size, augment=True, shuffle=True, generator=ctx.generator, drop_last=drop_last
+    )
+    for images, labels in loader:
+        yield images.to(ctx.device), labels.to(ctx.device)
+
+
+def fit_sgd(
+    ctx: FitContext,
+    params: Iterable[torch.nn.Parameter],
+    cfg: SGDConfig,
+    name: str,
+    batches: Callable[[int], Iterable[Batch]],
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    end_epoch: Callable[[int], None] | None = None,
+) -> None:
+    """Train ``params`` for ``cfg.epochs`` epochs with Dassl's SGD and warm-up cosine schedule.
+
+    ``batches(epoch)`` yields the (inputs, labels) of one epoch, ``loss(inputs, labels)``
+    is computed under the run's autocast, and ``end_epoch(epoch)`` runs after each epoch's
+    schedule step. The last epoch is kept (no selection).
+    """
+    if cfg.epochs == 0:
+        return
+    optimizer, scheduler = sgd_with_schedule(params, cfg)
+    for epoch in ctx.epochs(cfg.epochs, name):
+        for inputs, labels in batches(epoch):
+            with ctx.autocast():
+                value = loss(inputs, labels)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+        scheduler.step()  # Dassl steps the schedule once per epoch
+        if end_epoch is not None:
+            end_epoch(epoch)

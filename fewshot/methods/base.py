@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
-from fewshot.types import AdapterConfig, FeatureSet
+from fewshot.types import PROTOCOLS, AdapterConfig, FeatureSet
 
 if TYPE_CHECKING:
     from fewshot.backbones import Backbone
@@ -114,6 +114,7 @@ class Adapter(abc.ABC):
     config_cls: ClassVar[type[AdapterConfig]] = AdapterConfig
     needs: ClassVar[Needs] = Needs.FEATURES
     supports_novel: bool = True  # can it classify class names it was not trained on? (may be per instance)
+    protocols: ClassVar[tuple[str, ...]] = PROTOCOLS  # the protocols it can be run under
     version: ClassVar[str] = "1"  # bump when a change alters results; runs of two versions never average
 
     def __init__(self, config: AdapterConfig | None = None) -> None:

@@ -62,10 +62,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.methods._training import SGDConfig, seeded_linear, sgd_with_schedule, train_batches
+from fewshot.methods._training import SGDConfig, fit_sgd, seeded_linear, train_batches
 from fewshot.methods.base import Adapter, FitContext, Needs, QueryBatch
-from fewshot.methods.coop import ClassPrompts, assemble_prompts, build_class_prompts, initial_context
-from fewshot.prompting import TextTower, encode_text_embeddings, text_tower
+from fewshot.prompting import (
+    ClassPrompts,
+    PromptBuilder,
+    TextTower,
+    encode_class_prompts,
+    initial_context,
+    text_tower,
+)
 from fewshot.types import ConfigError, FewshotError
 
 if TYPE_CHECKING:
@@ -96,8 +102,8 @@ class CoCoOpConfig(SGDConfig):
             )
 
     @classmethod
-    def preset(cls, protocol: str, shots: int) -> dict[str, Any]:
-        """The one published config for every protocol (see the module docstring)."""
+    def preset(cls, protocol: str, shots: int, dataset: str) -> dict[str, Any]:
+        """The one published config for every protocol and dataset (see the module docstring)."""
         return {}
 
 
@@ -122,11 +128,10 @@ class ConditionalPromptLearner(nn.Module):
         shift: torch.Tensor = self.meta_net(image)  # (B, W): one shift per image, shared by the M tokens
         return self.ctx.unsqueeze(0) + shift.unsqueeze(1)
 
-    def forward(self, prompts: ClassPrompts, image: torch.Tensor) -> torch.Tensor:
-        """Prompt embeddings (B, C, L, W): every class's prompt with each image's context."""
-        ctx = self.contexts(image)  # (B, M, W)
-        classes = prompts.prefix.shape[0]
-        return assemble_prompts(prompts, ctx.unsqueeze(1).expand(-1, classes, -1, -1))
+    def class_contexts(self, image: torch.Tensor, classes: int) -> torch.Tensor:
+        """The context of every (image, class) prompt (B, C, M, W): each image's context,
+        shared by the prompts of all ``classes`` classes (a view, no copy)."""
+        return self.contexts(image).unsqueeze(1).expand(-1, classes, -1, -1)
 
 
 class CoCoOp(Adapter):
@@ -142,10 +147,9 @@ class CoCoOp(Adapter):
         self.backbone: Backbone | None = None
         self.learner: ConditionalPromptLearner | None = None
         self.classnames: list[str] = []
-        self._prompt_prefix = ""
+        self.prompts_for: PromptBuilder | None = None  # class names -> frozen prompt buffers
         self._autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
         self._tower: TextTower | None = None
-        self._prompts: dict[tuple[str, ...], ClassPrompts] = {}
         self._encoded = {"fit": 0, "predict": 0}  # prompt sequences run through the text tower
 
     def fit(self, ctx: FitContext) -> None:
@@ -153,29 +157,35 @@ class CoCoOp(Adapter):
         cfg = self.config
         self.backbone, self.classnames, self._autocast = ctx.backbone, list(ctx.classnames), ctx.autocast
         self._tower = text_tower(ctx.backbone.model)
-        self._prompts.clear()
         self._encoded = {"fit": 0, "predict": 0}
-        self.learner = self._build_learner(ctx).to(ctx.device)
-        prompts = self._class_prompts(self.classnames)
-        if cfg.epochs == 0:
-            return
-        optimizer, scheduler = sgd_with_schedule(self.learner.parameters(), cfg)
-        for epoch in ctx.epochs(cfg.epochs, "CoCoOp"):
-            for features, labels in train_batches(ctx, epoch, cfg.batch_size):
-                with ctx.autocast():
-                    logits = self._conditional_logits(features, prompts, "fit")
-                loss = F.cross_entropy(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            scheduler.step()  # Dassl steps the schedule once per epoch
+        self.learner, prefix = self._build_learner(ctx)
+        self.learner.to(ctx.device)
+        n_ctx = int(self.learner.ctx.shape[0])
+        self.prompts_for = PromptBuilder(ctx.backbone, self._tower, n_ctx, prefix)
+        prompts = self.prompts_for(self.classnames)
+        fit_sgd(
+            ctx,
+            self.learner.parameters(),
+            cfg,
+            "CoCoOp",
+            lambda epoch: train_batches(ctx, epoch, cfg.batch_size),
+            lambda features, labels: F.cross_entropy(
+                self._conditional_logits(features, prompts, "fit").float(), labels
+            ),
+        )
 
-    def _build_learner(self, ctx: FitContext) -> ConditionalPromptLearner:
-        """Initial context (M, W) and meta-net D -> D // meta_reduction -> W."""
+    def _build_learner(self, ctx: FitContext) -> tuple[ConditionalPromptLearner, str]:
+        """Initial context (M, W) and meta-net D -> D // meta_reduction -> W; the prompt prefix."""
         cfg, tower = self.config, self._tower
         assert tower is not None
-        vectors, self._prompt_prefix = initial_context(
-            ctx.backbone, tower, cfg.ctx_init, cfg.n_ctx, init_std=cfg.init_std, generator=ctx.generator
+        vectors, prefix = initial_context(
+            ctx.backbone,
+            tower,
+            cfg.ctx_init,
+            None if cfg.ctx_init.strip() else cfg.n_ctx,  # with init words, M = their token count
+            init_std=cfg.init_std,
+            generator=ctx.generator,
+            method="cocoop",
         )
         dim, width = ctx.backbone.embed_dim, int(vectors.shape[-1])
         hidden = dim // cfg.meta_reduction
@@ -184,30 +194,16 @@ class CoCoOp(Adapter):
                 f"CoCoOp's meta-net hidden size D // meta_reduction is {dim} // {cfg.meta_reduction} = 0 "
                 f"for this backbone: set meta_reduction to at most {dim}."
             )
-        return ConditionalPromptLearner(vectors, meta_net(dim, hidden, width, ctx.generator))
-
-    def _class_prompts(self, classnames: list[str]) -> ClassPrompts:
-        """Prefix/suffix buffers of a class list, built once per list (base, novel, targets)."""
-        key = tuple(classnames)
-        if key not in self._prompts:
-            assert self.backbone is not None and self.learner is not None and self._tower is not None
-            n_ctx = int(self.learner.ctx.shape[0])
-            self._prompts[key] = build_class_prompts(
-                self.backbone, self._tower, classnames, n_ctx, self._prompt_prefix, "end"
-            )
-        return self._prompts[key]
+        return ConditionalPromptLearner(vectors, meta_net(dim, hidden, width, ctx.generator)), prefix
 
     def _conditional_text(self, image: torch.Tensor, prompts: ClassPrompts, phase: str) -> torch.Tensor:
         """Unnormalised text features (B, C, D) for normalised image features (B, D): every
         class's prompt under each image's context, all B·C sequences in one pass of the text
         tower (counted under ``phase``)."""
         assert self.learner is not None and self._tower is not None
-        embeddings = self.learner(prompts, image)  # (B, C, L, W)
-        batch, classes = embeddings.shape[:2]
-        tokens = prompts.tokens.repeat(batch, 1)  # (B·C, L), image-major like the embeddings
-        text = encode_text_embeddings(self._tower, embeddings.flatten(0, 1), tokens)
-        self._encoded[phase] += batch * classes
-        return text.view(batch, classes, -1)
+        contexts = self.learner.class_contexts(image, prompts.classes)  # (B, C, M, W)
+        self._encoded[phase] += int(contexts.shape[0]) * prompts.classes
+        return encode_class_prompts(self._tower, prompts, contexts)
 
     def _conditional_logits(self, features: torch.Tensor, prompts: ClassPrompts, phase: str) -> torch.Tensor:
         assert self.backbone is not None
@@ -221,7 +217,7 @@ class CoCoOp(Adapter):
             raise FewshotError("CoCoOp.text_features called before fit(): call fit(ctx) first.")
         image = F.normalize(features.float(), dim=-1)
         with torch.no_grad(), self._autocast():
-            text = self._conditional_text(image, self._class_prompts(classnames), "predict")
+            text = self._conditional_text(image, self._prompts(classnames), "predict")
         return F.normalize(text.float(), dim=-1)
 
     def predict(self, batch: QueryBatch) -> torch.Tensor:
@@ -236,13 +232,17 @@ class CoCoOp(Adapter):
             raise FewshotError("CoCoOp needs image features in the QueryBatch (Needs.FEATURES).")
         if len(batch.features) == 0:
             return batch.features.new_zeros(0, len(batch.classnames))
-        prompts = self._class_prompts(batch.classnames)
+        prompts = self._prompts(batch.classnames)
         per_call = max(1, self.config.predict_chunk // len(batch.classnames))
         logits = []
         with torch.no_grad(), self._autocast():
             for chunk in batch.features.split(per_call):
                 logits.append(self._conditional_logits(chunk, prompts, "predict").float())
         return torch.cat(logits)
+
+    def _prompts(self, classnames: list[str]) -> ClassPrompts:
+        assert self.prompts_for is not None
+        return self.prompts_for(classnames)
 
     def trainable_parameters(self) -> int:
         """The context (M·W) plus the meta-net's weights and biases."""

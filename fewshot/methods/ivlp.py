@@ -48,15 +48,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fewshot.methods._deep import (
-    DeepPromptAdapter,
-    DeepPromptConfig,
-    context_vectors,
-    normal_prompts,
-    prompt_depth,
-)
+from fewshot.methods._deep import DeepPromptAdapter, DeepPromptConfig
 from fewshot.methods.base import FitContext
-from fewshot.prompting import TextTower, VisionTower
+from fewshot.prompting import TextTower, VisionTower, initial_context, normal_prompts, prompt_depth
 from fewshot.types import ConfigError
 
 __all__ = ["IVLP", "IVLPConfig", "IVLPPrompts"]
@@ -82,7 +76,7 @@ class IVLPConfig(DeepPromptConfig):
             raise ConfigError("ivlp needs n_ctx_text >= 1 and n_ctx_vision >= 1.")
 
     @classmethod
-    def preset(cls, protocol: str, shots: int) -> dict[str, Any]:
+    def preset(cls, protocol: str, shots: int, dataset: str) -> dict[str, Any]:
         """The one published IVLP config for every protocol (see the module docstring)."""
         return {}
 
@@ -101,7 +95,7 @@ def build_ivlp_prompts(
     cfg: IVLPConfig, ctx: FitContext, text: TextTower, vision: VisionTower, method: str
 ) -> tuple[IVLPPrompts, str]:
     """The initial IVLP prompts for a backbone, and the prompt prefix (the init words)."""
-    context, prefix = context_vectors(
+    context, prefix = initial_context(
         ctx.backbone,
         text,
         cfg.ctx_init,

@@ -16,10 +16,11 @@ over the C training classes, where t̂_c is the learned prompt's text feature an
 the frozen text feature of the hand-crafted prompt of class c, computed once before
 training. The hand-crafted template is KgCoOp's own table: CoOp's single template per
 dataset, except DTD (registry name ``dtd``), which is "a photo of a {}, a type of texture."
-instead of "{} texture." (METHODS.md §0.2); every other dataset uses its own template
-(``FitContext.template``). w = 8.0 (run.sh / base2new_train.sh). The paper writes the term
-as a squared Euclidean distance, 2(1 − cos) for unit vectors; the code's 1 − cos with w = 8
-is followed (METHODS.md [A]). Prediction is CoOp's: the learned prompts alone.
+instead of "{} texture." (METHODS.md §0.2). The preset writes DTD's into the config's
+``template``; empty, it means the dataset's own template (``FitContext.template``).
+w = 8.0 (run.sh / base2new_train.sh). The paper writes the term as a squared Euclidean
+distance, 2(1 − cos) for unit vectors; the code's 1 − cos with w = 8 is followed
+(METHODS.md [A]). Prediction is CoOp's: the learned prompts alone.
 
 Config (``KgCoOpConfig`` defaults = ``vit_b16_ep100_ctxv1`` with w = 8, checked in the
 official files): SGD lr 0.002 (momentum 0.9, weight decay 5e-4), batch 128, 100 epochs,
@@ -56,15 +57,10 @@ from fewshot.methods.base import FitContext
 from fewshot.methods.coop import CoOp, CoOpConfig
 from fewshot.types import ConfigError, FewshotError
 
-__all__ = ["KGCOOP_TEMPLATES", "KgCoOp", "KgCoOpConfig", "hand_crafted_template"]
+__all__ = ["KGCOOP_TEMPLATES", "KgCoOp", "KgCoOpConfig"]
 
 KGCOOP_TEMPLATES: dict[str, str] = {"dtd": "a photo of a {}, a type of texture."}
 """KgCoOp's hand-crafted templates where they differ from the dataset's own (by registry name)."""
-
-
-def hand_crafted_template(dataset: str, template: str) -> str:
-    """KgCoOp's template for ``dataset``: its own table's entry, else the dataset's template."""
-    return KGCOOP_TEMPLATES.get(dataset, template)
 
 
 @dataclass(frozen=True)
@@ -76,16 +72,19 @@ class KgCoOpConfig(CoOpConfig):
     epochs: int = 100
     batch_size: int = 128
     weight: float = 8.0  # w, the weight of 1 - mean cos(learned, hand-crafted)
+    template: str = ""  # hand-crafted template, "{}" = class name; "" = the dataset's own
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.weight < 0:
             raise ConfigError(f"kgcoop weight must be >= 0, got {self.weight}.")
+        if self.template and "{}" not in self.template:
+            raise ConfigError(f"kgcoop template must contain {{}} for the class name, got {self.template!r}.")
 
     @classmethod
-    def preset(cls, protocol: str, shots: int) -> dict[str, Any]:
-        """The one published config for every protocol (see the module docstring)."""
-        return {}
+    def preset(cls, protocol: str, shots: int, dataset: str) -> dict[str, Any]:
+        """The one published config for every protocol; KgCoOp's template table per dataset."""
+        return {"template": KGCOOP_TEMPLATES[dataset]} if dataset in KGCOOP_TEMPLATES else {}
 
 
 class KgCoOp(CoOp):
@@ -103,7 +102,7 @@ class KgCoOp(CoOp):
     def fit(self, ctx: FitContext) -> None:
         """Encode the hand-crafted prompts of the training classes once, then train as CoOp
         with the knowledge-guided term added to the loss."""
-        self.template = hand_crafted_template(ctx.dataset, ctx.template)
+        self.template = self.config.template or ctx.template
         prompts = [self.template.format(name) for name in ctx.classnames]
         self.clip_text = ctx.backbone.encode_texts(prompts, normalize=True).float().to(ctx.device)
         super().fit(ctx)

@@ -48,16 +48,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from fewshot.methods._deep import (
-    DeepPromptAdapter,
-    DeepPromptConfig,
-    context_vectors,
-    normal_prompts,
-    prompt_depth,
-)
+from fewshot.methods._deep import DeepPromptAdapter, DeepPromptConfig
 from fewshot.methods._training import seeded_linear
 from fewshot.methods.base import FitContext
-from fewshot.prompting import TextTower, VisionTower
+from fewshot.prompting import TextTower, VisionTower, initial_context, normal_prompts, prompt_depth
 from fewshot.types import ConfigError
 
 __all__ = ["MaPLe", "MaPLeConfig", "MaPLePrompts"]
@@ -78,7 +72,7 @@ class MaPLeConfig(DeepPromptConfig):
             raise ConfigError(f"maple needs n_ctx >= 1 and depth >= 1, got {self.n_ctx} and {self.depth}.")
 
     @classmethod
-    def preset(cls, protocol: str, shots: int) -> dict[str, Any]:
+    def preset(cls, protocol: str, shots: int, dataset: str) -> dict[str, Any]:
         """The official configs per protocol (see the module docstring)."""
         if protocol in ("cross-dataset", "domain-generalization"):
             return {"depth": 3, "lr": 0.0026, "epochs": 2}
@@ -116,7 +110,7 @@ class MaPLe(DeepPromptAdapter):
 
     def _build_prompts(self, ctx: FitContext, text: TextTower, vision: VisionTower) -> nn.Module:
         cfg = self.config
-        context, self._prompt_prefix = context_vectors(
+        context, self._prompt_prefix = initial_context(
             ctx.backbone,
             text,
             cfg.ctx_init,

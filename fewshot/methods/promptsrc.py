@@ -32,11 +32,12 @@ from open_clip by index, not pasted.
 Presets (``PromptSRCConfig.preset``), from configs/trainers/PromptSRC/:
 - ``base2novel``: ``vit_b16_c2_ep20_batch4_4+4ctx``: depth 9/9, 20 epochs, GPA μ 15, σ 1.
 - ``fewshot``: ``vit_b16_c2_ep50_batch4_4+4ctx_few_shot``: depth 9/9, 50 epochs; GPA per
-  dataset (the config's two settings), resolved from the dataset's name when ``gpa_mean`` /
-  ``gpa_std`` are unset: μ 30, σ 30 for ImageNet, Caltech101, OxfordPets, Food101, UCF101
-  and SUN397; μ 45, σ 5 for StanfordCars, Flowers102, FGVCAircraft, DTD and EuroSAT; other
-  datasets (the toy ones included) get μ 30, σ 30, the setting the config file leaves active.
-  The values used are written into the adapter's config at fit, so the record shows them.
+  dataset (the config's two settings, chosen by the preset from the dataset's name):
+  μ 30, σ 30 for ImageNet, Caltech101, OxfordPets, Food101, UCF101 and SUN397; μ 45, σ 5
+  for StanfordCars, Flowers102, FGVCAircraft, DTD and EuroSAT; other datasets (the toy
+  ones included) get μ 30, σ 30, the setting the config file leaves active
+  (muzairkhattak/PromptSRC@bb95c77b configs/trainers/PromptSRC/
+  vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml).
 - ``cross-dataset`` and ``domain-generalization``: ``..._cross_datasets``: depth 3/3,
   20 epochs, GPA μ 6, σ 10.
 
@@ -56,7 +57,6 @@ Deviations from the official code:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -67,8 +67,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot.methods.base import FitContext
-from fewshot.methods.coop import ClassPrompts
 from fewshot.methods.ivlp import IVLP, IVLPConfig
+from fewshot.prompting import ClassPrompts
 from fewshot.types import ConfigError, FewshotError
 
 if TYPE_CHECKING:
@@ -78,9 +78,9 @@ __all__ = [
     "GPA_BY_DATASET",
     "PromptSRC",
     "PromptSRCConfig",
+    "few_shot_gpa",
     "gpa_weights",
     "promptsrc_templates",
-    "resolve_gpa",
     "self_consistency_terms",
     "teacher_text_features",
 ]
@@ -110,21 +110,22 @@ class PromptSRCConfig(IVLPConfig):
 
     text_weight: float = 25.0  # L1 between prompted and frozen text features
     image_weight: float = 10.0  # L1 between prompted and frozen image features
-    gpa_mean: float | None = 15.0  # None: from the dataset (few-shot table)
-    gpa_std: float | None = 1.0
+    gpa_mean: float = 15.0  # GPA: epoch weights ∝ exp(-(e - mean)² / (2 std²)), e = 1..epochs
+    gpa_std: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.text_weight < 0 or self.image_weight < 0:
             raise ConfigError("promptsrc text_weight and image_weight must be >= 0.")
-        if self.gpa_std is not None and self.gpa_std <= 0:
+        if self.gpa_std <= 0:
             raise ConfigError(f"promptsrc gpa_std must be positive, got {self.gpa_std}.")
 
     @classmethod
-    def preset(cls, protocol: str, shots: int) -> dict[str, Any]:
-        """The official configs per protocol (see the module docstring)."""
+    def preset(cls, protocol: str, shots: int, dataset: str) -> dict[str, Any]:
+        """The official configs per protocol, GPA per dataset (see the module docstring)."""
         if protocol == "fewshot":
-            return {"epochs": 50, "gpa_mean": None, "gpa_std": None}
+            mean, std = few_shot_gpa(dataset)
+            return {"epochs": 50, "gpa_mean": mean, "gpa_std": std}
         if protocol in ("cross-dataset", "domain-generalization"):
             return {"depth_text": 3, "depth_vision": 3, "gpa_mean": 6.0, "gpa_std": 10.0}
         return {}
@@ -144,14 +145,9 @@ def promptsrc_templates() -> list[str]:
     return [openai[39], *openai[:39], *openai[40:60]]
 
 
-def resolve_gpa(cfg: PromptSRCConfig, dataset: str) -> tuple[float, float]:
-    """GPA (mean, std): the config's values, or the few-shot table's for ``dataset``."""
-    key = re.sub(r"[^a-z0-9]", "", dataset.lower())
-    mean, std = GPA_BY_DATASET.get(key, GPA_DEFAULT)
-    return (
-        cfg.gpa_mean if cfg.gpa_mean is not None else mean,
-        cfg.gpa_std if cfg.gpa_std is not None else std,
-    )
+def few_shot_gpa(dataset: str) -> tuple[float, float]:
+    """GPA (mean, std) of the few-shot config for ``dataset`` (its registry name)."""
+    return GPA_BY_DATASET.get(re.sub(r"[^a-z0-9]", "", dataset.lower()), GPA_DEFAULT)
 
 
 def gpa_weights(epochs: int, mean: float, std: float) -> list[float]:
@@ -201,11 +197,9 @@ class PromptSRC(IVLP):
 
     def __init__(self, config: PromptSRCConfig | None = None) -> None:
         super().__init__(config)
-        self._requested = self.config  # gpa_mean / gpa_std may be None: resolved per dataset in fit
         self._teacher_text: torch.Tensor | None = None
         self._weights: list[float] = []
         self._aggregate: dict[str, torch.Tensor] = {}
-        self.gpa: tuple[float, float] = (0.0, 0.0)  # the (mean, std) used by the last fit
         self._teacher_images = 0
 
     def _prepare(self, ctx: FitContext, prompts: ClassPrompts) -> None:
@@ -213,10 +207,8 @@ class PromptSRC(IVLP):
         assert self.prompts is not None
         templates = promptsrc_templates()
         self._teacher_text = teacher_text_features(ctx.backbone, list(ctx.classnames), templates)
-        self.gpa = resolve_gpa(self._requested, ctx.dataset)
-        # The config records what ran: unset GPA settings become the dataset's values.
-        self.config = dataclasses.replace(self._requested, gpa_mean=self.gpa[0], gpa_std=self.gpa[1])
-        self._weights = gpa_weights(self.config.epochs, *self.gpa)
+        cfg = self.config
+        self._weights = gpa_weights(cfg.epochs, cfg.gpa_mean, cfg.gpa_std)
         self._aggregate = {k: torch.zeros_like(v) for k, v in self.prompts.state_dict().items()}
         self._teacher_images = 0
 
