@@ -304,8 +304,7 @@ def _load_local(spec: BackboneSpec, device: torch.device) -> Backbone:
 
 def _problem(exc: Exception, arch: str) -> str:
     """Why a local checkpoint did not load, for the error message (torch's advice left out)."""
-    if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
-        # torch's text suggests weights_only=False, i.e. running the file's code: never quoted.
+    if _unsafe_pickle(exc):
         found = re.search(r"GLOBAL (\S+)", str(exc))
         return (
             f"holds objects beyond plain tensors{f' ({found[1]})' if found else ''}; fewshot loads only "
@@ -504,8 +503,19 @@ def _cached_path(resolve: Callable[[], str]) -> Path | None:
     return Path(path) if path and Path(path).is_file() else None
 
 
+def _unsafe_pickle(exc: BaseException) -> bool:
+    """torch.load(weights_only=True) refused the file: it holds more than tensors.
+
+    torch's message then suggests retrying with weights_only=False, i.e. running the file's
+    code; fewshot never quotes it.
+    """
+    return isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower()
+
+
 def _reason(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, shortened: enough to diagnose, no traceback."""
+    if _unsafe_pickle(exc):
+        return "the checkpoint holds objects beyond plain tensors; fewshot loads only weights-only ones"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

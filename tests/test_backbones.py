@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import re
 import socket
 
@@ -211,6 +212,17 @@ def test_pickled_objects_are_refused_without_advice_to_disable_the_check(tmp_pat
     assert "weights_only=False" not in message and "weights_only` set to `False" not in message
     assert "can still be loaded" not in message  # none of torch's advice is quoted
     assert "\n" not in message
+
+
+def test_no_error_path_quotes_torchs_advice_to_disable_weights_only(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Payload(tmp_path / "pwned")}, path)
+    with pytest.raises(pickle.UnpicklingError) as err:  # what open_clip lets through from the hub
+        torch.load(path, weights_only=True)
+    assert "weights_only` set to `False" in str(err.value)  # torch's advice, as torch words it
+    reason = backbones._reason(err.value)
+    assert reason.startswith("the checkpoint holds objects beyond plain tensors")
+    assert "False" not in reason and "can still be loaded" not in reason
 
 
 def test_checkpoint_of_another_architecture(tiny_arch):
