@@ -3,13 +3,19 @@
 Write to a temp file in the target's folder, fsync, then ``os.replace`` over the target: a
 reader sees the old file or the new one, never a partial one, and a failure at any point
 removes the temp file and leaves an existing target untouched.
+
+Files get the mode any ``open(path, "w")`` gives them: ``0o666`` minus the process umask (and
+a folder's default ACL, where it has one), so a lab's shared data root stays shared. The temp
+file is created with ``os.open(..., 0o666)`` and the kernel applies the umask: the umask is
+never read, so no other thread can see it changed (``tempfile.mkstemp`` would create 0o600).
+Folders are created with ``mkdir``'s default, ``0o777`` minus the umask.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -27,12 +33,30 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_TEMP_ATTEMPTS = 100
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """Create a new, empty ``.<name>.<random>.tmp`` beside ``path``; return (fd, its path).
+
+    Mode 0o666 minus the umask, as the kernel applies it; ``O_EXCL`` never reuses a file.
+    """
+    for _ in range(_TEMP_ATTEMPTS):
+        name = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(name, _TEMP_FLAGS, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"No free temporary file name for {path} after {_TEMP_ATTEMPTS} attempts.")
+
+
 def atomic_write(path: Path, write: Callable[[IO[Any]], object], *, binary: bool = False) -> None:
     """Call ``write(fh)`` on a temp file beside ``path``, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same directory, so os.replace is a rename within one filesystem (atomic).
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = _create_temp(path)
     try:
         mode = {"mode": "wb"} if binary else {"mode": "w", "encoding": "utf-8", "newline": "\n"}
         with os.fdopen(fd, **mode) as fh:  # type: ignore[call-overload]

@@ -22,6 +22,7 @@ import difflib
 import hashlib
 import logging
 import os
+import pickle
 import re
 import socket
 from collections.abc import Callable, Iterator
@@ -295,18 +296,29 @@ def _load_local(spec: BackboneSpec, device: torch.device) -> Backbone:
     try:
         created = _create(arch, str(path.resolve()), device, tokenizer=False)
     except Exception as exc:
-        text = _reason(exc)
-        if "state_dict" in text or "size mismatch" in text:
-            problem = f"does not fit architecture {arch} ({text})"
-        else:
-            problem = (
-                f"cannot be read as weights ({text}). It may be truncated or corrupt; only safetensors "
-                "and plain state dicts loadable with torch.load(weights_only=True) are accepted"
-            )
-        raise FewshotError(f"Backbone {spec.id!r}: checkpoint file {path} {problem}.") from None
+        raise FewshotError(f"Backbone {spec.id!r}: checkpoint file {path} {_problem(exc, arch)}.") from None
     # Some tokenizers (SigLIP, HF text towers) come from the hub: cache first, as for weights.
     tokenizer = _from_hub(spec, "", lambda: _Created(created.model, created.preprocess, _tokenizer(arch)))
     return Backbone(spec, created.model, created.preprocess, tokenizer.tokenizer, device, path.resolve())
+
+
+def _problem(exc: Exception, arch: str) -> str:
+    """Why a local checkpoint did not load, for the error message (torch's advice left out)."""
+    if _unsafe_pickle(exc):
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        return (
+            f"holds objects beyond plain tensors{f' ({found[1]})' if found else ''}; fewshot loads only "
+            "weights-only checkpoints (plain state dicts of tensors) or safetensors. If you trust the "
+            "file, convert it: load it yourself, save its state_dict with "
+            "safetensors.torch.save_file(state_dict, 'weights.safetensors') and pass that file"
+        )
+    text = _reason(exc)
+    if "state_dict" in text or "size mismatch" in text:
+        return f"does not fit architecture {arch} ({text})"
+    return (
+        f"cannot be read as weights ({text}). It may be truncated or corrupt; only safetensors "
+        "and plain state dicts loadable with torch.load(weights_only=True) are accepted"
+    )
 
 
 def _tokenizer(name: str) -> Callable[..., torch.Tensor]:
@@ -491,8 +503,19 @@ def _cached_path(resolve: Callable[[], str]) -> Path | None:
     return Path(path) if path and Path(path).is_file() else None
 
 
+def _unsafe_pickle(exc: BaseException) -> bool:
+    """torch.load(weights_only=True) refused the file: it holds more than tensors.
+
+    torch's message then suggests retrying with weights_only=False, i.e. running the file's
+    code; fewshot never quotes it.
+    """
+    return isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower()
+
+
 def _reason(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, shortened: enough to diagnose, no traceback."""
+    if _unsafe_pickle(exc):
+        return "the checkpoint holds objects beyond plain tensors; fewshot loads only weights-only ones"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

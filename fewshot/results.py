@@ -141,6 +141,12 @@ def read_record(path: Path) -> RunResult:
         ) from None
     if not isinstance(data, dict):
         raise FewshotError(f"Result record {path} does not hold a JSON object. Delete it to re-run that run.")
+    bad = _non_finite(data)
+    if bad is not None:  # write_record never writes one (allow_nan=False): the file is damaged
+        raise FewshotError(
+            f"Result record {path} holds a non-finite number at {bad}, which fewshot never writes: "
+            "the file is damaged. Delete it to re-run that run."
+        )
     schema = data.get("schema_version", 1)
     if not isinstance(schema, int) or schema > SCHEMA_VERSION:
         raise FewshotError(
@@ -154,6 +160,18 @@ def read_record(path: Path) -> RunResult:
             f"Result record {path} does not match the record format ({type(exc).__name__}: {exc}). "
             "Delete it to re-run that run."
         ) from None
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The key path (e.g. ``metrics.all = nan``) of the first NaN or infinity in ``value``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where or '<top>'} = {value}"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def find_record(spec: RunSpec, results_dir: Path) -> RunResult | None:

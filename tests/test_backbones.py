@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import re
 import socket
 
@@ -185,18 +186,43 @@ def test_truncated_checkpoint(tmp_path, tiny_arch):
 
 
 class Payload:
-    """An arbitrary object: a pickle holding it must not be loaded (weights_only)."""
+    """A malicious object: unpickling it creates ``marker`` (so a load that ran it shows)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
 
     def __reduce__(self):
-        return (print, ("unpickled!",))
+        return (open, (self.marker, "w"))
 
 
-def test_pickled_objects_are_refused(tmp_path, tiny_arch, capsys):
-    path = tmp_path / "evil.pt"
-    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Payload()}, path)
-    with pytest.raises(FewshotError, match="weights_only"):
+@pytest.mark.parametrize("layout", ["state_dict", "bare"])
+def test_pickled_objects_are_refused_without_advice_to_disable_the_check(tmp_path, tiny_arch, layout):
+    path, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    tensors = {"x": torch.zeros(1)}
+    payload = {"state_dict": tensors, "extra": Payload(marker)} if layout == "state_dict" else Payload(marker)
+    torch.save(payload, path)
+    assert not marker.exists()
+    with pytest.raises(FewshotError) as err:
         load_backbone(f"{TINY}:{path}")
-    assert "unpickled!" not in capsys.readouterr().out
+    message = str(err.value)
+    assert not marker.exists()  # the payload never ran
+    assert f"checkpoint file {path} holds objects beyond plain tensors" in message
+    assert "fewshot loads only weights-only checkpoints" in message and "safetensors" in message
+    assert "save_file(state_dict" in message  # how to convert a trusted checkpoint
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+    assert "can still be loaded" not in message  # none of torch's advice is quoted
+    assert "\n" not in message
+
+
+def test_no_error_path_quotes_torchs_advice_to_disable_weights_only(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Payload(tmp_path / "pwned")}, path)
+    with pytest.raises(pickle.UnpicklingError) as err:  # what open_clip lets through from the hub
+        torch.load(path, weights_only=True)
+    assert "weights_only` set to `False" in str(err.value)  # torch's advice, as torch words it
+    reason = backbones._reason(err.value)
+    assert reason.startswith("the checkpoint holds objects beyond plain tensors")
+    assert "False" not in reason and "can still be loaded" not in reason
 
 
 def test_checkpoint_of_another_architecture(tiny_arch):

@@ -26,13 +26,17 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from fewshot.cli_data import data_app
+from fewshot.datasets import download
 from fewshot.datasets.base import DatasetError
 from fewshot.datasets.download import (
     RECIPES,
     DownloadError,
+    ExtractLimitError,
+    ExtractLimits,
     Outcome,
     Source,
     download_dataset,
+    extract_archive,
     fetch,
     mirror_env_var,
 )
@@ -458,6 +462,101 @@ def test_zip_members_escaping_the_destination_are_refused(
     assert "Refusing EuroSAT.zip: member '../../evil.txt'" in outcome.message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     assert not (root / "eurosat").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# Extraction limits: decompression bombs are refused before anything is written
+
+ZEROS = {"bomb/zeros.bin": bytes(4_000_000)}  # compresses over 1000:1 in every format
+
+
+def write_archive(folder: Path, kind: str, members: dict[str, bytes]) -> Path:
+    path = folder / f"archive.{kind}"
+    if kind == "zip":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+        path.write_bytes(buf.getvalue())
+    else:
+        mode = {"tar": "w", "tar.gz": "w:gz", "tar.bz2": "w:bz2", "tar.xz": "w:xz"}[kind]
+        path.write_bytes(tar_bytes(members, mode=mode))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz", "tar.bz2", "tar.xz"])
+def test_a_highly_compressible_archive_is_refused_by_the_ratio_limit(tmp_path: Path, kind: str) -> None:
+    archive = write_archive(tmp_path, kind, ZEROS)
+    assert archive.stat().st_size * 200 < 4_000_000  # the archive really is a bomb at 200:1
+    dest = tmp_path / "out"
+    with pytest.raises(ExtractLimitError, match=r"past the limit max_ratio = 200:1") as info:
+        extract_archive(archive, dest)
+    message = str(info.value)
+    assert f"Refusing archive.{kind}: its members declare over" in message and "\n" not in message
+    assert isinstance(info.value, DatasetError)
+    assert list(dest.iterdir()) == []  # refused from the headers, before writing anything
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_limits_hold_while_extracting_even_if_the_headers_understate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    class LyingHeaders(download._Budget):  # the header pass sees nothing to refuse
+        def charge(self, nbytes: int) -> None:
+            if self.verb != "declare":
+                super().charge(nbytes)
+
+    monkeypatch.setattr(download, "_Budget", LyingHeaders)
+    with pytest.raises(ExtractLimitError, match=r"its members wrote over .* max_ratio = 200:1"):
+        extract_archive(write_archive(tmp_path, kind, ZEROS), tmp_path / "out")
+
+
+def test_a_bomb_download_leaves_the_dataset_folder_as_it_was(
+    server: ServerState, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bomb = write_archive(tmp_path, "zip", {"2750/Forest/zeros.jpg": bytes(4_000_000)}).read_bytes()
+    serve(monkeypatch, server, "eurosat", {"EuroSAT.zip": bomb})
+    root = tmp_path / "data"
+    outcome = get("eurosat", root)
+    assert outcome.status == "failed"
+    assert "Refusing EuroSAT.zip" in outcome.message and "max_ratio = 200:1" in outcome.message
+    assert not (root / "eurosat").exists()
+    assert leftovers(root) == ["EuroSAT.zip"]  # kept (it verified), no staging folder
+
+
+def test_a_lowered_total_limit_refuses_a_normal_archive(
+    server: ServerState, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    serve_pets(monkeypatch, server)  # images.tar.gz: 80,000 bytes of images
+    small = ExtractLimits(max_total_bytes=50_000, max_ratio=200)
+    outcome = get("oxford-pets", tmp_path, limits=small)
+    assert outcome.status == "failed"
+    assert "Refusing images.tar.gz: its members declare over 80,000 bytes" in outcome.message
+    assert "past the limit max_total_bytes = 50,000" in outcome.message
+    assert not (tmp_path / "oxford_pets").exists()
+    assert "images.tar.gz" in leftovers(tmp_path)
+    assert not any("staging" in name for name in leftovers(tmp_path))
+
+    fetched = len(server.requests)
+    assert get("oxford-pets", tmp_path).status == "installed"  # default limits: the kept file is used
+    assert tree(tmp_path / "oxford_pets") == {**PET_IMAGES, **PET_ANNOTATIONS}
+    assert server.requests[fetched:] == []  # both verified downloads were kept and reused
+
+
+def test_the_module_constants_are_the_default_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = write_archive(tmp_path, "tar.gz", PET_IMAGES)
+    monkeypatch.setattr(download, "MAX_EXTRACT_BYTES", 40_000)
+    with pytest.raises(ExtractLimitError, match="max_total_bytes = 40,000"):
+        extract_archive(archive, tmp_path / "a")
+    extract_archive(archive, tmp_path / "b", limits=ExtractLimits(max_total_bytes=80_000, max_ratio=2))
+    assert tree(tmp_path / "b") == PET_IMAGES  # exactly at the limits is allowed
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz", "tar"])
+def test_a_normal_archive_extracts_within_the_default_limits(tmp_path: Path, kind: str) -> None:
+    members = {**EUROSAT, **PET_ANNOTATIONS}
+    extract_archive(write_archive(tmp_path, kind, members), tmp_path / "out")
+    assert tree(tmp_path / "out") == members
 
 
 # ------------------------------------------------------------------------------------------

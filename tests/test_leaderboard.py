@@ -225,3 +225,17 @@ def test_summary_table() -> None:
     assert table.loc[("coop", "mean"), "accuracy"] == 66.0
     assert table.loc[("lp", "toy-shapes"), ["novel", "hm"]].isna().all()
     assert table.loc[("kg", "toy-shapes"), "hm"] == pytest.approx(2 * 80 * 70 / 150)
+
+
+def test_a_record_with_a_nan_metric_is_skipped_not_averaged(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed, acc in ((1, 70.0), (2, 72.0)):
+        record(root, "coop", "toy-shapes", seed, {"all": acc})
+    damaged = record(root, "coop", "toy-shapes", 3, {"all": 74.0}).spec.record_path(root)
+    damaged.write_text(damaged.read_text().replace('"all": 74.0', '"all": NaN'))
+    with pytest.warns(UserWarning) as caught:
+        lb = build_leaderboard(root)
+    assert [str(damaged) in str(w.message) for w in caught] == [True]
+    seeds = cell(lb, method="coop", dataset="toy-shapes", space="all", kind="seeds")
+    assert (seeds["mean"].tolist(), seeds["n"].tolist()) == ([71.0], [2])  # (70 + 72) / 2, two seeds
+    assert lb.n_records == 2

@@ -83,6 +83,57 @@ def test_read_record_names_the_bad_file(tmp_path: Path, content: str, words: str
     assert str(path) in str(info.value)
 
 
+NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999"]  # what Python's json reads as nan / inf
+
+
+def _damaged(path: Path, token: str, seed: int = 1) -> RunSpec:
+    """Write a valid record with metrics {"all": 62.5} at ``path``, then put ``token`` there."""
+    result = RunResult(RunSpec("coop", "toy-shapes", shots=4, seed=seed), metrics={"all": 62.5})
+    write_record(result, path)
+    text = path.read_text()
+    assert text.count('"all": 62.5') == 1
+    path.write_text(text.replace('"all": 62.5', f'"all": {token}'))
+    return result.spec
+
+
+@pytest.mark.parametrize("token", NON_FINITE)
+def test_a_non_finite_metric_is_a_corrupt_record(tmp_path: Path, token: str) -> None:
+    path = tmp_path / "rec.json"
+    _damaged(path, token)
+    assert not math.isfinite(json.loads(path.read_text())["metrics"]["all"])  # json itself accepts it
+    with pytest.raises(FewshotError, match=r"non-finite number at metrics\.all") as info:
+        read_record(path)
+    message = str(info.value)
+    assert str(path) in message and "Delete it to re-run that run." in message and "\n" not in message
+
+
+@pytest.mark.parametrize("token", NON_FINITE)
+def test_find_record_treats_a_non_finite_record_as_absent(tmp_path: Path, token: str) -> None:
+    spec = RunSpec("coop", "toy-shapes", shots=4, seed=1)
+    path = spec.record_path(tmp_path)
+    assert _damaged(path, token) == spec
+    with pytest.warns(UserWarning, match="non-finite") as caught:
+        assert find_record(spec, tmp_path) is None
+    assert [str(path) in str(w.message) for w in caught] == [True]
+    assert path.exists()  # reported, never deleted; the rerun replaces it atomically
+
+
+def test_load_records_skips_non_finite_records_with_one_warning_each(tmp_path: Path) -> None:
+    good = RunResult(RunSpec("coop", "toy-shapes", shots=4, seed=2), metrics={"all": 70.0})
+    write_record(good, good.spec.record_path(tmp_path))
+    nan_path = tmp_path / "toy-shapes" / "nan.json"
+    inf_path = tmp_path / "toy-shapes" / "inf.json"
+    _damaged(nan_path, "NaN", seed=1)
+    _damaged(inf_path, "Infinity", seed=3)
+    with pytest.warns(UserWarning) as caught:
+        frame = load_records(tmp_path)
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2
+    assert str(inf_path) in messages[0] and str(nan_path) in messages[1]
+    assert all(m.startswith("Skipping unreadable record") for m in messages)
+    assert list(zip(frame.seed, frame.accuracy, strict=True)) == [(2, 70.0)]
+
+
 def test_read_record_refuses_newer_schema(tmp_path: Path) -> None:
     data = make_result().to_dict() | {"schema_version": 99}
     path = tmp_path / "new.json"

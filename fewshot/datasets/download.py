@@ -8,10 +8,11 @@ checksums, or manual steps).
    interruption resumes with a ``Range`` request (a server that ignores it restarts at zero);
 2. the checksum is verified; a mismatch deletes the file and raises :class:`DownloadError`;
 3. archives are extracted into a staging folder inside ``<root>/.downloads`` (tar members go
-   through tarfile's ``data`` filter; members that would land outside are refused), then the
-   entries are moved into the dataset folder with ``os.replace``. A failure at any step leaves
-   the dataset folder as it was. Entries already in place are never overwritten, except with
-   ``force``, which moves them to ``<root>/.downloads/replaced/`` first.
+   through tarfile's ``data`` filter; members that would land outside are refused; an archive
+   that would expand past :class:`ExtractLimits` is refused before anything is written), then
+   the entries are moved into the dataset folder with ``os.replace``. A failure at any step
+   leaves the dataset folder as it was. Entries already in place are never overwritten, except
+   with ``force``, which moves them to ``<root>/.downloads/replaced/`` first.
 
 A mirror replaces the base URL of a dataset's sources (``--mirror NAME=URL`` or
 ``$FEWSHOT_MIRROR_<NAME>``); the file name is appended and checksums are still verified. A
@@ -57,8 +58,12 @@ from fewshot.datasets.base import DatasetError
 from fewshot.datasets.recipes import RECIPES, Recipe, Source, get_recipe
 
 __all__ = [
+    "MAX_EXTRACT_BYTES",
+    "MAX_EXTRACT_RATIO",
     "RECIPES",
     "DownloadError",
+    "ExtractLimitError",
+    "ExtractLimits",
     "Outcome",
     "Recipe",
     "Source",
@@ -79,6 +84,10 @@ _USER_AGENT = f"fewshot/{fewshot.__version__} (dataset downloader; Python urllib
 
 class DownloadError(DatasetError):
     """A download, checksum or extraction failed; the message names the file and the fix."""
+
+
+class ExtractLimitError(DownloadError):
+    """An archive would expand past an :class:`ExtractLimits` limit; nothing of it is extracted."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -291,24 +300,93 @@ _ARCHIVE_ERRORS = (
 )
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
+# Limits on what one archive may expand to (decompression bombs). The recipes carry no
+# uncompressed sizes, so these are global. The biggest datasets hold JPEGs, which do not
+# compress further: ImageNet's train tar is 138 GB and expands to about as much, Places365's
+# train tar ~105 GB, SUN397's 39 GB tar.gz ~40 GB. MAX_EXTRACT_BYTES, 2 TB, is over ten times
+# the biggest, so no real dataset nears it, yet it bounds what an archive may write. Real
+# archives expand about 1:1 (images) and at most ~10:1 (split lists, annotations, devkits);
+# deflate reaches ~1000:1 and bzip2/xz far more on repeated bytes. MAX_EXTRACT_RATIO, 200:1,
+# is twenty times the most compressible real archive and bounds a bomb to 200 times its
+# download (the 40 MB archive that expanded 1025:1 is refused before anything is written).
+MAX_EXTRACT_BYTES = 2 * 10**12
+MAX_EXTRACT_RATIO = 200.0
 
-def extract_archive(archive: Path, dest: Path) -> None:
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Most bytes an archive may expand to, in total and per byte of archive (the ratio)."""
+
+    max_total_bytes: int
+    max_ratio: float
+
+    @classmethod
+    def default(cls) -> ExtractLimits:
+        """The module's MAX_EXTRACT_BYTES and MAX_EXTRACT_RATIO, as they are at call time."""
+        return cls(MAX_EXTRACT_BYTES, MAX_EXTRACT_RATIO)
+
+
+class _Budget:
+    """A running total of the bytes an archive expands to; raises at the first one too many.
+
+    ``sizes`` remembers each member's size, so that a hard link (which tarfile copies where
+    the filesystem has none) counts as much as its target.
+    """
+
+    def __init__(self, archive: Path, limits: ExtractLimits, verb: str) -> None:
+        self.archive, self.limits, self.verb = archive, limits, verb
+        self.size = max(archive.stat().st_size, 1)
+        self.total = 0
+        self.sizes: dict[str, int] = {}
+
+    def charge(self, nbytes: int) -> None:
+        self.total += nbytes
+        limits, name, total = self.limits, self.archive.name, self.total
+        if total > limits.max_total_bytes:
+            why = f"max_total_bytes = {limits.max_total_bytes:,}"
+            raise _too_big(name, f"its members {self.verb} over {total:,} bytes, past the limit {why}")
+        if total > limits.max_ratio * self.size:
+            ratio = f"{total / self.size:,.1f}:1 ({total:,} bytes from {self.size:,})"
+            why = f"max_ratio = {limits.max_ratio:g}:1"
+            raise _too_big(name, f"its members {self.verb} over {ratio}, past the limit {why}")
+
+    def charge_tar(self, member: tarfile.TarInfo) -> None:
+        size = member.size if member.isreg() else 0
+        if member.islnk():
+            size = self.sizes.get(member.linkname, 0)
+        self.sizes[member.name] = size
+        self.charge(size)
+
+
+def _too_big(name: str, what: str) -> ExtractLimitError:
+    return ExtractLimitError(
+        f"Refusing {name}: {what} (a guard against decompression bombs); the archive is not what "
+        "the recipe expects. If you trust it, raise the limit: ExtractLimits(...) as limits= of "
+        "download_dataset / extract_archive, or fewshot.datasets.download.MAX_EXTRACT_BYTES / "
+        "MAX_EXTRACT_RATIO."
+    )
+
+
+def extract_archive(archive: Path, dest: Path, *, limits: ExtractLimits | None = None) -> None:
     """Extract a .tar(.gz/.bz2/.xz), .tgz or .zip into ``dest``.
 
     Members that would land outside ``dest`` (absolute paths, ``..``, links pointing outside)
-    are refused with a DownloadError; so is a corrupt archive. ``dest`` may then hold part of
-    the archive: callers extract into a staging folder they delete.
+    are refused with a DownloadError; so is a corrupt archive. An archive whose member headers
+    add up past ``limits`` (default :meth:`ExtractLimits.default`) is refused with an
+    ExtractLimitError before anything is written; the bytes written are counted again while
+    extracting. ``dest`` may then hold part of the archive: callers extract into a staging
+    folder they delete.
     """
     if not hasattr(tarfile, "data_filter"):
         raise DownloadError("Extracting archives safely needs Python 3.11.4 or newer: upgrade Python.")
     name = archive.name.lower()
+    limits = limits or ExtractLimits.default()
     dest.mkdir(parents=True, exist_ok=True)
     try:
         if name.endswith(".zip"):
-            _extract_zip(archive, dest)
+            _extract_zip(archive, dest, limits)
         elif name.endswith(_TAR_SUFFIXES):
-            with tarfile.open(archive) as tar:
-                tar.extractall(dest, filter=_tar_filter(archive))
+            _extract_tar(archive, dest, limits)
         else:
             raise DownloadError(
                 f"Unknown archive type: {archive.name} (expected .tar, .tar.gz, .tgz or .zip)."
@@ -335,19 +413,34 @@ def _check_member(archive: Path, name: str) -> None:
         raise _unsafe(archive, name, "absolute path or '..'")
 
 
-def _tar_filter(archive: Path) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo | None]:
+def _tar_filter(archive: Path, budget: _Budget) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo | None]:
     def check(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
         _check_member(archive, member.name)
+        budget.charge_tar(member)  # tarfile writes exactly member.size bytes: this counts the writes
         return tarfile.data_filter(member, dest)
 
     return check
 
 
-def _extract_zip(archive: Path, dest: Path) -> None:
+def _extract_tar(archive: Path, dest: Path, limits: ExtractLimits) -> None:
+    with tarfile.open(archive) as tar:
+        headers = _Budget(archive, limits, "declare")
+        for member in tar:  # reads the headers only; stops at the first member past a limit
+            headers.charge_tar(member)
+        tar.extractall(dest, filter=_tar_filter(archive, _Budget(archive, limits, "wrote")))
+
+
+def _extract_zip(archive: Path, dest: Path, limits: ExtractLimits) -> None:
     with zipfile.ZipFile(archive) as zf:
+        headers = _Budget(archive, limits, "declare")
         for info in zf.infolist():
             _check_member(archive, info.filename)
-        zf.extractall(dest)
+            headers.charge(info.file_size)
+        written = _Budget(archive, limits, "wrote")
+        for info in zf.infolist():
+            # zipfile stops a member at its declared size (checked above); count what landed.
+            path = Path(zf.extract(info, dest))
+            written.charge(0 if info.is_dir() else path.stat().st_size)
 
 
 @contextlib.contextmanager
@@ -359,7 +452,7 @@ def _temp_dir(parent: Path, prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _stage(source: Source, file: Path, staging: Path) -> None:
+def _stage(source: Source, file: Path, staging: Path, limits: ExtractLimits | None = None) -> None:
     """Put the content of one fetched file into ``staging`` (which mirrors the dataset folder)."""
     target = staging / source.dest
     target.mkdir(parents=True, exist_ok=True)
@@ -368,14 +461,16 @@ def _stage(source: Source, file: Path, staging: Path) -> None:
         return
     with _temp_dir(staging.parent, f"{staging.name}.x-") as tmp:
         try:
-            extract_archive(file, tmp)
+            extract_archive(file, tmp, limits=limits)
             root = tmp
             if source.nested:
                 inner = tmp / source.nested
                 if not inner.is_file():
                     raise DownloadError(f"{file.name} does not contain {source.nested}.")
                 root = tmp / ".nested"
-                extract_archive(inner, root)
+                extract_archive(inner, root, limits=limits)
+        except ExtractLimitError as exc:  # verified, maybe: keep it for a rerun with a raised limit
+            raise ExtractLimitError(f"{exc} The download is kept as {file}; delete it if unwanted.") from None
         except DownloadError as exc:
             file.unlink(missing_ok=True)
             raise DownloadError(f"{exc} The downloaded file was deleted: run the command again.") from None
@@ -414,12 +509,14 @@ def download_dataset(
     force: bool = False,
     console: Console | None = None,
     attempts: int = 3,
+    limits: ExtractLimits | None = None,
 ) -> Outcome:
     """Download, verify and extract one dataset into ``root``, or say how to get it by hand.
 
     Sources whose content is already in the folder are skipped (all of them: the dataset is
     ``present``) unless ``force``. Problems with the download come back as a ``failed``
     Outcome whose message names the file and the fix; an unknown key raises ConfigError.
+    ``limits`` bounds what each archive may expand to (default :meth:`ExtractLimits.default`).
     """
     recipe = get_recipe(key)
     root = Path(root)
@@ -432,7 +529,7 @@ def download_dataset(
         message = f"missing {missing}; manual steps:\n{recipe.manual_text(root)}"
         return Outcome(key, "manual", message, _notes(recipe, root))
     try:
-        replaced = _install(recipe, todo, root, mirror, force, console, attempts)
+        replaced = _install(recipe, todo, root, mirror, force, console, attempts, limits)
     except DownloadError as exc:
         return Outcome(key, "failed", str(exc), _notes(recipe, root))
     notes = _notes(recipe, root)
@@ -449,6 +546,7 @@ def _install(
     force: bool,
     console: Console | None,
     attempts: int,
+    limits: ExtractLimits | None = None,
 ) -> Path | None:
     """Fetch every source, stage them all, then move the staged entries into place."""
     downloads = root / DOWNLOADS_DIR
@@ -462,7 +560,7 @@ def _install(
     try:
         with _temp_dir(downloads, f"{recipe.key}.staging-") as staging:
             for source, file in zip(todo, files, strict=True):
-                _stage(source, file, staging)
+                _stage(source, file, staging, limits)
             _check_layout(todo, staging, files)
             replaced = _merge(staging, root / recipe.folder, downloads, recipe.key, force)
     except OSError as exc:
