@@ -6,16 +6,20 @@ given the same split:
 1. ``rng = random.Random(seed)`` (Dassl seeds Python's global ``random`` with the run seed
    right before sampling, and nothing else draws from it in between).
 2. Train: group the train items by label in order of first appearance; per label
-   ``rng.sample(indices, K)``; a class with fewer than K items is drawn K times *with
-   replacement*, ``rng.choices(indices, k=K)``: Dassl's ``generate_fewshot_dataset``
-   defaults to ``repeat=True`` (KaiyangZhou/Dassl.pytorch dassl/data/datasets/base_dataset.py)
-   and the CoOp readers call it with the default. (METHODS.md §1.1 says ``repeat=False``;
-   the official code says otherwise, see docs/design.md.)
+   ``rng.sample(indices, K)``; a class with fewer than K items keeps all of them, in split
+   order, and draws nothing from ``rng``. This is Dassl's ``generate_fewshot_dataset`` with
+   its default ``repeat=False``, which the CoOp readers use: KaiyangZhou/Dassl.pytorch
+   dassl/data/datasets/base_dataset.py, default ``False`` since commit e3a15da
+   (2021-10-09, "set repeat=False as default"; it was ``True`` from 2021-09-15, when
+   ``repeat`` was added) and unchanged at HEAD c61a1b5.
 3. Val: the same rule on the val split with ``min(K, 4)`` per class, with the same ``rng``,
-   after train.
+   after train. A dataset with no val split of its own (ImageNet: its ``Splits.val`` is its
+   train split) draws its few-shot val set from the train images *outside the support
+   set*, by the same rule; CoOp uses ImageNet's test set as val instead, which would let
+   selection see test images (a deliberate deviation, docs/design.md).
 
-``random.sample`` and ``random.choices`` draws depend only on the population size, so
-sampling positions gives the same picks as Dassl sampling its ``Datum`` objects.
+``random.sample`` draws depend only on the population size, so sampling positions gives the
+same picks as Dassl sampling its ``Datum`` objects.
 
 Protocols (METHODS.md §1.2-1.5): ``fewshot``, ``cross-dataset`` and ``domain-generalization``
 train on all classes and evaluate the ``all`` space (target datasets are added by the runner);
@@ -71,10 +75,11 @@ __all__ = [
     "transfer_plan",
 ]
 
-SUBSET_FORMAT = 2  # 2: small classes drawn with replacement (Dassl's repeat=True)
+SUBSET_FORMAT = 3  # 3: small classes kept whole (Dassl HEAD, repeat=False); val outside the support
 _RULE = (
     "dassl: random.Random(seed); per label in order of first appearance random.sample(K), "
-    "random.choices(k=K) if fewer; train K then val min(K, 4)"
+    "all items (no draw) if fewer; train K then val min(K, 4); val from train minus support "
+    "when the dataset has no val split"
 )
 
 
@@ -109,25 +114,34 @@ def _check_shots(shots: int) -> None:
         raise ConfigError(f"shots must be a positive integer, got {shots!r}. Standard: 1,2,4,8,16.")
 
 
-def sample_fewshot(split: Split, shots: int, seed: int, rng: random.Random | None = None) -> list[int]:
+def sample_fewshot(
+    split: Split,
+    shots: int,
+    seed: int,
+    rng: random.Random | None = None,
+    exclude: frozenset[int] = frozenset(),
+) -> list[int]:
     """Indices into ``split`` of a K-shot sample by the Dassl rule (module docstring).
 
     With ``rng`` given, draws come from it and ``seed`` is ignored (so train and val can share
-    one generator, as in Dassl); otherwise from ``random.Random(seed)``.
+    one generator, as in Dassl); otherwise from ``random.Random(seed)``. Indices in
+    ``exclude`` are never picked (they are left out of the split before grouping).
     """
     _check_shots(shots)
     rng = rng if rng is not None else random.Random(seed)
     by_label: dict[int, list[int]] = {}  # dicts keep insertion order = first appearance
     for index, item in enumerate(split.items):
-        by_label.setdefault(item.label, []).append(index)
+        if index not in exclude:
+            by_label.setdefault(item.label, []).append(index)
     picked: list[int] = []
     for indices in by_label.values():
-        picked.extend(rng.sample(indices, shots) if len(indices) >= shots else rng.choices(indices, k=shots))
+        picked.extend(rng.sample(indices, shots) if len(indices) >= shots else indices)
     return picked
 
 
 def sample_subset(dataset: str, splits: Splits, shots: int, seed: int) -> Subset:
-    """Sample train (K per class) then val (min(K, 4) per class) with one ``Random(seed)``."""
+    """Sample train (K per class) then val (min(K, 4) per class) with one ``Random(seed)``;
+    val avoids the support images when the val split is the train split."""
     _check_shots(shots)
     if len(splits.train) == 0:
         raise FewshotError(
@@ -135,7 +149,9 @@ def sample_subset(dataset: str, splits: Splits, shots: int, seed: int) -> Subset
         )
     rng = random.Random(seed)
     train = sample_fewshot(splits.train, shots, seed, rng)
-    val = sample_fewshot(splits.val, min(shots, 4), seed, rng)
+    # No val split of its own (ImageNet): val comes from the train images outside the support.
+    exclude = frozenset(train) if splits.val_is_train else frozenset()
+    val = sample_fewshot(splits.val, min(shots, 4), seed, rng, exclude)
     return Subset(dataset, splits.hash, shots, seed, tuple(train), tuple(val))
 
 

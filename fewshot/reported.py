@@ -13,7 +13,9 @@ protocol, dataset, shots, space) and source:
 - ``value``: accuracy in percent, in [0, 100], as published;
 - ``source``: ``paper`` or ``repository``; ``location``: where the number was read (for a
   repository ``owner/name:path@<40-hex commit>``; for a paper its table and arXiv id);
-- ``reference``: arXiv id or URL of the publication; ``how``: ``copied`` or ``computed``.
+- ``reference``: arXiv id or URL of the publication; ``how``: ``copied`` or ``computed``;
+- ``primary``: ``yes`` or ``no``. Where sources disagree on one number, every version is kept
+  and exactly one is primary: the one the leaderboard compares against.
 
 :func:`read_reported` checks every row, raising :class:`~fewshot.types.ConfigError` with one
 line naming the file, the row (the file's line number; the header is row 1) and the problem.
@@ -46,12 +48,15 @@ REPORTED_COLUMNS = [
     "location",
     "reference",
     "how",
+    "primary",
 ]
 KEY_COLUMNS = ["method", "backbone", "protocol", "dataset", "shots", "space", "location"]
 AVERAGE = "Average"
 SPACES = ("all", "base", "novel", "hm", "mean")
 SOURCES = ("paper", "repository")
 HOWS = ("copied", "computed")
+PRIMARY = ("yes", "no")
+NUMBER = ["method", "backbone", "protocol", "dataset", "shots", "space"]  # one published number
 _REPO_LOCATION = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+):(?P<path>[^@\s]+)@(?P<commit>[0-9a-f]{40})$")
 
 
@@ -79,7 +84,23 @@ def read_reported(folder: Path) -> pd.DataFrame:
                 raise ConfigError(f"{where}: duplicate of {seen[key]} (same {', '.join(KEY_COLUMNS)}).")
             seen[key] = where
             rows.append(row)
+    _check_one_primary(rows)
     return pd.DataFrame(rows, columns=[*REPORTED_COLUMNS, "accuracy", "citation"])
+
+
+def _check_one_primary(rows: list[dict[str, object]]) -> None:
+    """Every published number has exactly one primary row (the one compared against)."""
+    primaries: dict[tuple[object, ...], int] = {}
+    for row in rows:
+        number = tuple(row[c] for c in NUMBER)
+        primaries[number] = primaries.get(number, 0) + int(row["primary"] is True)
+    bad = [number for number, count in primaries.items() if count != 1]
+    if bad:
+        named = ", ".join("/".join(str(v) for v in number) for number in bad[:3])
+        raise ConfigError(
+            f"Reported numbers {named}: each needs exactly one row with primary=yes (the one the "
+            "leaderboard compares against); mark the others primary=no."
+        )
 
 
 def _check_columns(path: Path, columns: list[str]) -> None:
@@ -107,6 +128,7 @@ def _parse_row(where: str, raw: dict[str, str]) -> dict[str, object]:
             "value": _value(raw["value"]),
             "source": _one_of("source", raw["source"], SOURCES),
             "how": _one_of("how", raw["how"], HOWS),
+            "primary": _one_of("primary", raw["primary"], PRIMARY) == "yes",
         }
         row["citation"] = _citation(str(row["source"]), raw["location"])
     except ConfigError as exc:

@@ -1,10 +1,19 @@
 """Run one few-shot experiment, or a sweep of them.
 
-``run(spec)`` reads top to bottom: resolve the method and its config, load the backbone and
-the dataset, sample (or load) the few-shot task, build the FitContext from cached features,
-fit, then score every label space on the test split. ``sweep(specs)`` runs a grid, writing
-one record per run; a run whose record exists with the same spec hash is skipped, and a run
-that fails writes a failure record and the sweep goes on.
+A run reads top to bottom in :func:`run_fit`, one step per function:
+
+1. :func:`prepare`: the resolved config (:func:`fewshot.planning.resolve_config`), the
+   backbone, the dataset and its few-shot task, the seeds, and the FitContext built from the
+   support and val subsets (cached features, augmented views on first use, image sources);
+2. :func:`fit`: the adapter fitted under the run's precision, with the costs of fitting;
+3. :func:`score`: accuracy on every label space of the source's test split, or on a
+   target's test split (cross-dataset, domain generalisation);
+4. :func:`make_record`: the :class:`~fewshot.types.RunResult` with metrics, costs, config
+   and provenance.
+
+``sweep(plan)`` runs a validated :class:`~fewshot.planning.SweepPlan`, one fit at a time,
+writing one record per run; a run whose record exists with the same spec hash is skipped,
+and a run that fails writes a failure record and the sweep goes on.
 
 The adapter never sees the test split: the FitContext is built from the support and val
 subsets only, and test features are passed to ``predict`` by this module.
@@ -19,14 +28,16 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from fewshot.precision import AutocastFactory, autocast_for
 from fewshot.types import (
+    AdapterConfig,
     FeatureSet,
     FewshotError,
     FewShotTask,
@@ -45,8 +56,20 @@ if TYPE_CHECKING:
     from fewshot.datasets.base import Dataset
     from fewshot.features import FeatureCache
     from fewshot.methods.base import Adapter, FitContext
+    from fewshot.planning import SweepPlan
 
-__all__ = ["ProgressFn", "run", "run_fit", "sweep"]
+__all__ = [
+    "Fitted",
+    "Prepared",
+    "ProgressFn",
+    "fit",
+    "make_record",
+    "prepare",
+    "run",
+    "run_fit",
+    "score",
+    "sweep",
+]
 
 ProgressFn = Callable[[int, str], Iterator[int]]
 EVAL_BATCH = 1024
@@ -73,138 +96,389 @@ def run_fit(
     cache: FeatureCache | None = None,
     progress: ProgressFn | None = None,
 ) -> list[RunResult]:
-    """Fit once for specs that share one fit (:attr:`RunSpec.fit_spec`) and score each.
+    """Fit once for specs that share one fit (:attr:`RunSpec.fit_spec`) and record each.
 
     Cross-dataset and domain-generalization runs evaluate one fitted adapter on the source
     and on every target; each gets its own result. With several specs, a target that fails
     to evaluate gets a failure result and the others go on; a failing fit raises.
     """
-    from fewshot.backbones import load_backbone
-    from fewshot.datasets import get_dataset
     from fewshot.features import FeatureCache
-    from fewshot.methods import METHODS
-    from fewshot.protocols import task_for
 
     if not specs or any(s.fit_spec != specs[0].fit_spec for s in specs):
         raise ValueError("run_fit needs one or more specs that share a fit (differing only in target).")
-    spec = specs[0].fit_spec
     cache = cache if cache is not None else FeatureCache()
-    start, encoded_before = time.perf_counter(), cache.images_encoded
-    device = torch.device(spec.device)
-    _reset_peak_memory(device)
-
-    method_cls = METHODS.get(spec.method)
-    config = method_cls.config_cls.build(
-        spec.protocol, spec.shots, dict(spec.overrides), dataset=spec.dataset
-    )
-    backbone = load_backbone(spec.backbone, device)
-    dataset = get_dataset(spec.dataset, data_root)
-    dataset.check_trainable()
-    dspec, splits = dataset.spec(), dataset.splits()
-    task = task_for(dspec, splits, spec.protocol, spec.shots, spec.seed, cache.root)
-
-    _seed_everything(spec.seed)
-    ctx = _fit_context(spec, task, dataset, splits, backbone, cache, progress)
-    adapter = method_cls(config)
-    fit_start = time.perf_counter()
-    with _autocast(device)():
-        adapter.fit(ctx)
-    fit_end = time.perf_counter()
-    fit_extra = _extra_costs(adapter)
-    fit_costs = {
-        "fit_time_s": round(fit_end - fit_start, 3),
-        "trainable_params": float(adapter.trainable_parameters()),
-        # Images that passed through the encoder while fitting: cache misses, plus every
-        # image an IMAGES method (or online augmentation) drew from the loaders.
-        "fit_images_encoded": float(
-            cache.images_encoded - encoded_before + _served(ctx.train_images) + _served(ctx.val_images)
-        ),
-    }
-    provenance = _provenance(spec, task, dspec.version, dspec.split_source, backbone)
-    provenance["method_version"] = method_cls.version
-
-    results: list[RunResult] = []
-    for record_spec in specs:
-        eval_start, eval_encoded = time.perf_counter(), cache.images_encoded
-        extra_before = _extra_costs(adapter)
+    fitted = fit(prepare(specs[0].fit_spec, data_root=data_root, cache=cache, progress=progress))
+    results = []
+    for spec in specs:
         try:
-            if record_spec.target:
-                trained = {dspec.classnames[label] for label in task.train_space.labels}
-                metrics, extra = _score_target(
-                    adapter, backbone, record_spec.target, trained, data_root, cache
-                )
-            else:
-                metrics, extra = _score_source(adapter, backbone, dataset, splits, task, cache), {}
+            results.append(_evaluate_and_record(fitted, spec))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
             if len(specs) == 1:
                 raise
-            results.append(_failure(record_spec, exc))
-            continue
-        # Costs of this record: the shared setup and fit, plus its own evaluation.
-        eval_time = time.perf_counter() - eval_start
-        costs = {
-            "wall_time_s": round(fit_end - start + eval_time, 3),
-            **fit_costs,
-            "eval_time_s": round(eval_time, 3),
-            "peak_memory_mb": _peak_memory_mb(device),
-            "images_encoded": fit_costs["fit_images_encoded"] + cache.images_encoded - eval_encoded,
-        }
-        for key, value in _extra_costs(adapter).items():  # the fit's share plus this evaluation's
-            costs[key] = fit_extra.get(key, 0.0) + value - extra_before.get(key, 0.0)
-        results.append(
-            RunResult(record_spec, "ok", metrics, costs, adapter.config.to_dict(), {**provenance, **extra})
-        )
+            results.append(_failure(spec, exc))
     return results
 
 
-def _score_source(
-    adapter: Adapter,
-    backbone: Backbone,
+# ------------------------------------------------------------------------------------------
+# 1. Prepare
+
+
+@dataclass
+class Prepared:
+    """Everything a fit needs, settled before the adapter is built."""
+
+    spec: RunSpec
+    config: AdapterConfig
+    backbone: Backbone
+    dataset: Dataset
+    splits: Splits
+    task: FewShotTask
+    ctx: FitContext
+    cache: FeatureCache
+    data_root: Path | None
+    autocast: AutocastFactory
+    started: float  # perf_counter at the start of the run
+    encoded_before: int  # the cache's image count at the start of the run
+
+
+def prepare(
+    spec: RunSpec, *, data_root: Path | None, cache: FeatureCache, progress: ProgressFn | None = None
+) -> Prepared:
+    """Resolve the config, load the backbone and dataset, sample the task, build the context."""
+    from fewshot.backbones import load_backbone
+    from fewshot.datasets import get_dataset
+    from fewshot.planning import resolve_config
+    from fewshot.protocols import task_for
+
+    started, encoded_before = time.perf_counter(), cache.images_encoded
+    config = resolve_config(spec)
+    device = torch.device(spec.device)
+    _reset_peak_memory(device)
+    backbone = load_backbone(spec.backbone, device)
+    dataset = get_dataset(spec.dataset, data_root)
+    dataset.check_trainable()
+    splits = dataset.splits()
+    task = task_for(dataset.spec(), splits, spec.protocol, spec.shots, spec.seed, cache.root)
+    _seed_everything(spec.seed)
+    autocast = autocast_for(spec.precision, backbone.device)
+    ctx = _fit_context(spec, task, dataset, splits, backbone, cache, progress, autocast)
+    return Prepared(
+        spec,
+        config,
+        backbone,
+        dataset,
+        splits,
+        task,
+        ctx,
+        cache,
+        data_root,
+        autocast,
+        started,
+        encoded_before,
+    )
+
+
+def _fit_context(
+    spec: RunSpec,
+    task: FewShotTask,
     dataset: Dataset,
     splits: Splits,
-    task: FewShotTask,
+    backbone: Backbone,
     cache: FeatureCache,
-) -> dict[str, float | None]:
+    progress: ProgressFn | None,
+    autocast: AutocastFactory,
+) -> FitContext:
+    """The support and val subsets as features and images; no test data."""
+    from fewshot.encoding import SubsetImages, encode_items
+    from fewshot.methods.base import FitContext
+
+    dspec = dataset.spec()
+    relabel = task.train_space.relabel()
+    train_items = [splits.train.items[i] for i in task.train_ids]
+    val_items = [splits.val.items[i] for i in task.val_ids]
+    train = encode_items(
+        backbone, dataset, train_items, cache=cache, precision=spec.precision, split_hash=splits.train.hash
+    )
+    val = encode_items(
+        backbone, dataset, val_items, cache=cache, precision=spec.precision, split_hash=splits.val.hash
+    )
+    return FitContext(
+        classnames=[dspec.classnames[label] for label in task.train_space.labels],
+        template=dspec.template,
+        templates=list(dspec.templates),
+        backbone=backbone,
+        train=_relabelled(train, relabel),
+        train_views=_lazy_views(spec, dataset, train_items, splits.train.hash, backbone, cache, relabel),
+        val=_relabelled(val, relabel),
+        train_images=SubsetImages(dataset, train_items, backbone, relabel),
+        val_images=SubsetImages(dataset, val_items, backbone, relabel),
+        shots=spec.shots,
+        seed=spec.seed,
+        generator=torch.Generator().manual_seed(spec.seed),
+        device=backbone.device,
+        dataset=spec.dataset,
+        progress=progress,
+        autocast=autocast,
+    )
+
+
+def _lazy_views(
+    spec: RunSpec,
+    dataset: Dataset,
+    items: list[Any],
+    split_hash: str,
+    backbone: Backbone,
+    cache: FeatureCache,
+    relabel: dict[int, int],
+) -> FeatureSet | None:
+    """The run seed's augmented views of the support set, encoded on first use (methods that
+    never read them cost nothing); None with online augmentation."""
+    from fewshot.encoding import encode_views
+
+    if spec.aug_views == 0:
+        return None
+
+    def compute() -> FeatureSet:
+        views = encode_views(
+            backbone,
+            dataset,
+            items,
+            spec.aug_views,
+            cache=cache,
+            seed=spec.seed,
+            precision=spec.precision,
+            split_hash=split_hash,
+        )
+        return _relabelled(views, relabel)
+
+    return LazyFeatureSet(compute)
+
+
+def _relabelled(features: FeatureSet, relabel: dict[int, int]) -> FeatureSet:
+    labels = torch.tensor([relabel[int(label)] for label in features.labels], dtype=torch.long)
+    return replace(features, labels=labels)
+
+
+def _seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch, as Dassl's set_random_seed does."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------
+# 2. Fit
+
+
+@dataclass
+class Fitted:
+    """A fitted adapter and what fitting it cost."""
+
+    prepared: Prepared
+    adapter: Adapter
+    fit_end: float
+    costs: dict[str, float]  # fit time, trainable parameters, images encoded while fitting
+    extra: dict[str, float]  # the adapter's own costs after fitting (Adapter.extra_costs)
+    provenance: dict[str, Any]
+
+
+def fit(prepared: Prepared) -> Fitted:
+    """Build the adapter with the resolved config and fit it under the run's precision."""
+    from fewshot.methods import METHODS
+
+    spec, ctx, cache = prepared.spec, prepared.ctx, prepared.cache
+    method_cls = METHODS.get(spec.method)
+    adapter = method_cls(prepared.config)
+    fit_start = time.perf_counter()
+    with prepared.autocast():
+        adapter.fit(ctx)
+    fit_end = time.perf_counter()
+    costs = {
+        "fit_time_s": round(fit_end - fit_start, 3),
+        "trainable_params": float(adapter.trainable_parameters()),
+        # Images that passed through the encoder while fitting: cache misses, plus every
+        # image an IMAGES method (or online augmentation) drew from the loaders.
+        "fit_images_encoded": float(
+            cache.images_encoded
+            - prepared.encoded_before
+            + _served(ctx.train_images)
+            + _served(ctx.val_images)
+        ),
+    }
+    provenance = _provenance(prepared)
+    provenance["method_version"] = method_cls.version
+    return Fitted(prepared, adapter, fit_end, costs, _extra_costs(adapter), provenance)
+
+
+def _provenance(prepared: Prepared) -> dict[str, Any]:
+    from fewshot.results import collect_provenance, method_origin
+
+    spec, task, dspec = prepared.spec, prepared.task, prepared.dataset.spec()
+    return collect_provenance(
+        device=str(prepared.backbone.device),
+        precision=spec.precision,
+        split_hash=task.split_hash,
+        subset_hash=task.subset_hash,
+        task_hash=task.hash,
+        dataset_version=dspec.version,
+        split_source=dspec.split_source,
+        backbone_digest=prepared.backbone.weights_digest,
+        method_origin=method_origin(spec.method),
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# 3. Score
+
+
+def score(fitted: Fitted, spec: RunSpec) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """Accuracy of the fitted adapter for one record: every label space of the source's
+    test split, or (``spec.target``) the target's whole test split. Returns the metrics
+    and the record's extra provenance (the target's split)."""
+    p = fitted.prepared
+    if not spec.target:
+        return _score_source(fitted), {}
+    trained = {p.dataset.spec().classnames[label] for label in p.task.train_space.labels}
+    return _score_target(fitted, spec.target, trained)
+
+
+def _score_source(fitted: Fitted) -> dict[str, float | None]:
     """Accuracy on every evaluated label space of the source's test split."""
+    p, adapter = fitted.prepared, fitted.adapter
     metrics: dict[str, float | None] = {}
-    for space in task.eval_spaces:
-        if not adapter.supports_novel and not set(space.labels) <= set(task.train_space.labels):
+    for space in p.task.eval_spaces:
+        if not adapter.supports_novel and not set(space.labels) <= set(p.task.train_space.labels):
             metrics[space.name] = None  # not applicable: classes the method never saw
             continue
-        metrics[space.name] = _evaluate(adapter, backbone, dataset, splits.test, space, cache)
+        metrics[space.name] = _accuracy(fitted, p.dataset, p.splits.test, space)
     return metrics
 
 
 def _score_target(
-    adapter: Adapter,
-    backbone: Backbone,
-    target: str,
-    trained: set[str],
-    data_root: Path | None,
-    cache: FeatureCache,
+    fitted: Fitted, target: str, trained: set[str]
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
     """Accuracy on a target's whole test split, over the target's own class names.
 
     A closed-set method (``supports_novel`` false) is scored only where the target's classes
     are among the ``trained`` class names (a shifted domain such as ImageNet-A's 200 ImageNet
-    classes); elsewhere the metric is not applicable. Returns the metrics (keyed by the
-    target's name) and the target's provenance.
+    classes); elsewhere the metric is not applicable.
     """
     from fewshot.datasets import get_dataset
 
-    dataset = get_dataset(target, data_root)
+    dataset = get_dataset(target, fitted.prepared.data_root)
     tspec, splits = dataset.spec(), dataset.splits()
     provenance = {
         "target_split_hash": splits.hash,
         "target_dataset_version": tspec.version,
         "target_split_source": tspec.split_source,
     }
-    if not adapter.supports_novel and not set(tspec.classnames) <= trained:
+    if not fitted.adapter.supports_novel and not set(tspec.classnames) <= trained:
         return {target: None}, provenance  # a closed-set classifier cannot take new class names
     space = LabelSpace(target, target, tuple(range(tspec.num_classes)))
-    return {target: _evaluate(adapter, backbone, dataset, splits.test, space, cache)}, provenance
+    return {target: _accuracy(fitted, dataset, splits.test, space)}, provenance
+
+
+def _accuracy(fitted: Fitted, dataset: Dataset, test: Split, space: LabelSpace) -> float:
+    """Top-1 accuracy (percent) of the fitted adapter on the test images of one label space."""
+    from fewshot.methods.base import Needs
+    from fewshot.metrics import accuracy
+
+    relabel = space.relabel()
+    items = [item for item in test.items if item.label in relabel]
+    if not items:
+        raise FewshotError(f"{dataset.name}: the test split has no images of label space {space.name!r}.")
+    if fitted.adapter.needs is Needs.FEATURES:
+        logits = _logits_from_features(fitted, dataset, test, space)
+    else:
+        logits = _logits_from_images(fitted, dataset, items, space)
+    labels = torch.tensor([relabel[item.label] for item in items])
+    return accuracy(logits, labels)
+
+
+def _query(dataset: Dataset, space: LabelSpace) -> dict[str, Any]:
+    dspec = dataset.spec()
+    classnames = [dspec.classnames[label] for label in space.labels]
+    return {"classnames": classnames, "template": dspec.template, "templates": list(dspec.templates)}
+
+
+def _logits_from_features(fitted: Fitted, dataset: Dataset, test: Split, space: LabelSpace) -> torch.Tensor:
+    """Logits over the cached test features (the whole split is encoded once, at the run's
+    precision, and every label space is a subset of it)."""
+    from fewshot.encoding import encode_items
+    from fewshot.methods.base import QueryBatch
+
+    p = fitted.prepared
+    feats = encode_items(p.backbone, dataset, test, cache=p.cache, precision=p.spec.precision)
+    index = [i for i, item in enumerate(test.items) if item.label in set(space.labels)]
+    query, logits = _query(dataset, space), []
+    with torch.no_grad(), p.autocast():
+        for chunk in torch.split(feats.features[index].to(p.backbone.device), EVAL_BATCH):
+            logits.append(fitted.adapter.predict(QueryBatch(features=chunk, **query)).float().cpu())
+    return torch.cat(logits)
+
+
+def _logits_from_images(
+    fitted: Fitted, dataset: Dataset, items: list[Any], space: LabelSpace
+) -> torch.Tensor:
+    """Logits of methods whose query images pass through a (prompted) image encoder."""
+    from fewshot.encoding import SubsetImages
+    from fewshot.methods.base import QueryBatch
+
+    p = fitted.prepared
+    images = SubsetImages(dataset, items, p.backbone, space.relabel())
+    query, logits = _query(dataset, space), []
+    with torch.no_grad(), p.autocast():
+        for batch, _ in images.loader(256, augment=False, shuffle=False):
+            pixels = batch.to(p.backbone.device)
+            logits.append(fitted.adapter.predict(QueryBatch(images=pixels, **query)).float().cpu())
+    p.cache.images_encoded += len(items)
+    return torch.cat(logits)
+
+
+# ------------------------------------------------------------------------------------------
+# 4. Record
+
+
+def _evaluate_and_record(fitted: Fitted, spec: RunSpec) -> RunResult:
+    """Score one record of the fit and build its result, with this evaluation's costs."""
+    eval_start, encoded = time.perf_counter(), fitted.prepared.cache.images_encoded
+    extra_before = _extra_costs(fitted.adapter)
+    metrics, target_provenance = score(fitted, spec)
+    eval_costs = {
+        "eval_time_s": time.perf_counter() - eval_start,
+        "eval_images_encoded": float(fitted.prepared.cache.images_encoded - encoded),
+    }
+    extra = {
+        key: fitted.extra.get(key, 0.0) + value - extra_before.get(key, 0.0)
+        for key, value in _extra_costs(fitted.adapter).items()
+    }  # the fit's share plus this evaluation's
+    return make_record(fitted, spec, metrics, {**eval_costs, **extra}, target_provenance)
+
+
+def make_record(
+    fitted: Fitted,
+    spec: RunSpec,
+    metrics: dict[str, float | None],
+    eval_costs: dict[str, float],
+    extra_provenance: dict[str, Any],
+) -> RunResult:
+    """The record of one evaluated spec: the shared setup and fit plus its own evaluation."""
+    p = fitted.prepared
+    eval_costs = dict(eval_costs)
+    eval_time = eval_costs.pop("eval_time_s")
+    eval_images = eval_costs.pop("eval_images_encoded")
+    costs = {
+        "wall_time_s": round(fitted.fit_end - p.started + eval_time, 3),
+        **fitted.costs,
+        "eval_time_s": round(eval_time, 3),
+        "peak_memory_mb": _peak_memory_mb(p.backbone.device),
+        "images_encoded": fitted.costs["fit_images_encoded"] + eval_images,
+        **eval_costs,
+    }
+    config = fitted.adapter.config.to_dict()
+    return RunResult(spec, "ok", metrics, costs, config, {**fitted.provenance, **extra_provenance})
 
 
 def _served(images: object) -> int:
@@ -225,123 +499,6 @@ def _failure(spec: RunSpec, exc: BaseException) -> RunResult:
     return RunResult(spec, "failed", error=reason, provenance=collect_provenance(traceback=detail))
 
 
-# ------------------------------------------------------------------------------------------
-# The pieces of run()
-
-
-def _seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch, as Dassl's set_random_seed does."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _fit_context(
-    spec: RunSpec,
-    task: FewShotTask,
-    dataset: Dataset,
-    splits: Splits,
-    backbone: Backbone,
-    cache: FeatureCache,
-    progress: ProgressFn | None,
-) -> FitContext:
-    """The support and val subsets as features and images; no test data."""
-    from fewshot.features import SubsetImages, encode_items, encode_views
-    from fewshot.methods.base import FitContext
-
-    dspec = dataset.spec()
-    relabel = task.train_space.relabel()
-    train_items = [splits.train.items[i] for i in task.train_ids]
-    val_items = [splits.val.items[i] for i in task.val_ids]
-    train_hash, val_hash = splits.train.hash, splits.val.hash
-    train = encode_items(backbone, dataset, train_items, cache=cache, split_hash=train_hash)
-    val = encode_items(backbone, dataset, val_items, cache=cache, split_hash=val_hash)
-    views = None
-    if spec.aug_views > 0:  # encoded on first use: methods that never read views cost nothing
-
-        def compute_views() -> FeatureSet:
-            encoded = encode_views(
-                backbone, dataset, train_items, spec.aug_views, cache=cache, split_hash=train_hash
-            )
-            return _relabelled(encoded, relabel)
-
-        views = LazyFeatureSet(compute_views)
-    generator = torch.Generator().manual_seed(spec.seed)
-    return FitContext(
-        classnames=[dspec.classnames[label] for label in task.train_space.labels],
-        template=dspec.template,
-        templates=list(dspec.templates),
-        backbone=backbone,
-        train=_relabelled(train, relabel),
-        train_views=views,
-        val=_relabelled(val, relabel),
-        train_images=SubsetImages(dataset, train_items, backbone, relabel),
-        val_images=SubsetImages(dataset, val_items, backbone, relabel),
-        shots=spec.shots,
-        seed=spec.seed,
-        generator=generator,
-        device=backbone.device,
-        dataset=spec.dataset,
-        progress=progress,
-        autocast=_autocast(backbone.device),
-    )
-
-
-def _relabelled(features: FeatureSet, relabel: dict[int, int]) -> FeatureSet:
-    labels = torch.tensor([relabel[int(label)] for label in features.labels], dtype=torch.long)
-    return replace(features, labels=labels)
-
-
-def _evaluate(
-    adapter: Adapter,
-    backbone: Backbone,
-    dataset: Dataset,
-    test: Split,
-    space: LabelSpace,
-    cache: FeatureCache,
-) -> float:
-    """Top-1 accuracy (percent) of ``adapter`` on the test images of one label space."""
-    from fewshot.features import SubsetImages, encode_items
-    from fewshot.methods.base import Needs, QueryBatch
-    from fewshot.metrics import accuracy
-
-    dspec = dataset.spec()
-    relabel = space.relabel()
-    classnames = [dspec.classnames[label] for label in space.labels]
-    items = [item for item in test.items if item.label in relabel]
-    if not items:
-        raise FewshotError(f"{dataset.name}: the test split has no images of label space {space.name!r}.")
-    template, templates = dspec.template, list(dspec.templates)
-    logits: list[torch.Tensor] = []
-    if adapter.needs is Needs.FEATURES:
-        # Features of the whole test split are cached once (fp32, like the support features);
-        # a label space is a subset of them.
-        feats = encode_items(backbone, dataset, test, cache=cache)
-        index = [i for i, item in enumerate(test.items) if item.label in relabel]
-        with torch.no_grad(), _autocast(backbone.device)():
-            for chunk in torch.split(feats.features[index].to(backbone.device), EVAL_BATCH):
-                query = QueryBatch(classnames, template, features=chunk, templates=templates)
-                logits.append(adapter.predict(query).float().cpu())
-    else:
-        images = SubsetImages(dataset, items, backbone, relabel)
-        with torch.no_grad(), _autocast(backbone.device)():
-            for batch, _ in images.loader(256, augment=False, shuffle=False):
-                pixels = batch.to(backbone.device)
-                query = QueryBatch(classnames, template, images=pixels, templates=templates)
-                logits.append(adapter.predict(query).float().cpu())
-        cache.images_encoded += len(items)
-    labels = torch.tensor([relabel[item.label] for item in items])
-    return accuracy(torch.cat(logits), labels)
-
-
-def _autocast(device: torch.device) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-    """Mixed precision on GPU (bf16 where supported), plain fp32 on CPU."""
-    if device.type != "cuda":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return lambda: torch.autocast("cuda", dtype=dtype)
-
-
 def _reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -355,74 +512,72 @@ def _peak_memory_mb(device: torch.device) -> float:
     return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def _provenance(
-    spec: RunSpec, task: FewShotTask, version: str, split_source: str, backbone: Backbone
-) -> dict[str, Any]:
-    from fewshot.results import collect_provenance, method_origin
-
-    return collect_provenance(
-        device=str(backbone.device),
-        split_hash=task.split_hash,
-        subset_hash=task.subset_hash,
-        task_hash=task.hash,
-        dataset_version=version,
-        split_source=split_source,
-        backbone_digest=backbone.weights_digest,
-        method_origin=method_origin(spec.method),
-    )
-
-
 # ------------------------------------------------------------------------------------------
 # Sweeps
 
 
 def sweep(
-    specs: Sequence[RunSpec],
+    plan: SweepPlan | Sequence[RunSpec],
     *,
     results_dir: Path,
     data_root: Path | None = None,
     cache: FeatureCache | None = None,
     console: Console | None = None,
 ) -> list[RunResult]:
-    """Run every spec, writing one record each; skip runs already recorded.
+    """Run every fit of ``plan``, writing one record per run; skip runs already recorded.
 
-    Everything that can be checked before the first run (methods, datasets present,
-    backbones loadable, configs valid) is checked first, so bad input fails before anything
+    A list of specs is turned into a plan first (:meth:`SweepPlan.from_specs`), so it is
+    validated the same way. Everything that needs data or weights (datasets present,
+    backbones loadable) is checked before the first run, so bad input fails before anything
     is written. A run that raises writes a failure record and the sweep goes on.
     """
     from rich.console import Console
 
     from fewshot.features import FeatureCache
-    from fewshot.results import find_record, write_record
+    from fewshot.planning import SweepPlan
 
+    if not isinstance(plan, SweepPlan):
+        plan = SweepPlan.from_specs(plan, data_root=data_root)
     console = console or Console(stderr=True)
     cache = cache if cache is not None else FeatureCache()
-    _preflight(specs, data_root)
+    plan.check_ready()
     done: dict[RunSpec, RunResult] = {}
-    fits: dict[RunSpec, list[RunSpec]] = {}  # one fit per source; its records, in sweep order
-    for spec in specs:
-        fits.setdefault(spec.fit_spec, []).append(spec)
-    with _SweepProgress(console, len(fits)) as bar, _threads_for(specs):
-        for fit_spec, members in fits.items():
-            todo = []
-            for spec in dict.fromkeys(members):
-                previous = find_record(spec, results_dir)
-                if previous is not None and previous.ok:
-                    done[spec] = previous
-                else:
-                    todo.append(spec)
-            head = f"{fit_spec.variant} {fit_spec.dataset} k{fit_spec.shots} s{fit_spec.seed}"
-            if not todo:
-                bar.advance(f"{head}: recorded, skipped")
-                continue
-            bar.start(head)
-            lines = []
-            for result in _run_or_fail(todo, data_root, cache, bar.epochs):
-                write_record(result, result.spec.record_path(results_dir))
-                done[result.spec] = result
-                lines.append(_one_line(result))
-            bar.advance("\n".join(lines))
-    return [done[spec] for spec in specs]
+    with _SweepProgress(console, len(plan.fits)) as bar, _threads_for(plan.specs):
+        for planned in plan.fits:
+            done.update(_run_planned(planned.records, results_dir, plan.data_root, cache, bar))
+    return [done[spec] for spec in plan.specs]
+
+
+def _run_planned(
+    records: Sequence[RunSpec],
+    results_dir: Path,
+    data_root: Path | None,
+    cache: FeatureCache,
+    bar: _SweepProgress,
+) -> dict[RunSpec, RunResult]:
+    """One fit of a sweep: records already written are reused, the others run and are written."""
+    from fewshot.results import find_record, write_record
+
+    out: dict[RunSpec, RunResult] = {}
+    todo: list[RunSpec] = []
+    for spec in dict.fromkeys(records):
+        previous = find_record(spec, results_dir)
+        if previous is not None and previous.ok:
+            out[spec] = previous
+        else:
+            todo.append(spec)
+    fit_spec = records[0].fit_spec
+    head = f"{fit_spec.variant} {fit_spec.dataset} k{fit_spec.shots} s{fit_spec.seed}"
+    if not todo:
+        bar.advance(f"{head}: recorded, skipped")
+        return out
+    bar.start(head)
+    results = _run_or_fail(todo, data_root, cache, bar.epochs)
+    for spec, result in zip(todo, results, strict=True):
+        write_record(result, result.spec.record_path(results_dir))
+        out[spec] = result
+    bar.advance("\n".join(_one_line(result) for result in results))
+    return out
 
 
 @contextlib.contextmanager
@@ -454,54 +609,26 @@ def _run_or_fail(
         return [_failure(spec, exc) for spec in specs]
 
 
-def _preflight(specs: Sequence[RunSpec], data_root: Path | None) -> None:
-    """Fail fast, before any record is written, on input that would fail every run."""
-    from fewshot.backbones import load_backbone
-    from fewshot.datasets import get_dataset
-    from fewshot.methods import METHODS
-
-    for name in sorted({s.dataset for s in specs}):
-        get_dataset(name, data_root).check_trainable()
-    problems: list[str] = []
-    for name in sorted({s.dataset for s in specs} | {s.target for s in specs if s.target}):
-        dataset = get_dataset(name, data_root)
-        if not dataset.is_present():
-            problems.append(f"{name}: missing — {dataset.fix_hint()}")
-    if problems:
-        unset = (
-            "No data root is set: pass --data-root DIR or set $FEWSHOT_DATA (where the datasets are, "
-            "or are to be downloaded).\n"
-            if data_root is None
-            else ""
-        )
-        raise FewshotError(unset + "Datasets missing:\n  " + "\n  ".join(problems))
-    for spec in {(s.method, s.protocol, s.shots, s.overrides): s for s in specs}.values():
-        METHODS.get(spec.method).config_cls.build(
-            spec.protocol, spec.shots, dict(spec.overrides), dataset=spec.dataset
-        )
-    for backbone, device in sorted({(s.backbone, s.device) for s in specs}):
-        load_backbone(backbone, device)
-
-
 def _one_line(result: RunResult) -> str:
     spec = result.spec
     to = f" -> {spec.target}" if spec.target else ""
     head = f"{spec.variant} {spec.dataset}{to} k{spec.shots} s{spec.seed}"
     if not result.ok:
-        return f"{head}: [red]failed[/red] ({result.error})"
+        return f"{head}: failed ({result.error})"
     scores = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in result.metrics.items())
     return f"{head}: {scores} ({result.costs.get('wall_time_s', 0):.1f}s)"
 
 
 class _SweepProgress:
-    """Rich progress: one bar for the sweep, one for the current run's epochs."""
+    """Rich progress: one bar for the sweep, one for the current run's epochs. Lines it
+    prints are plain text, never rich markup (a failure reason may hold "[/path]")."""
 
     def __init__(self, console: Console, total: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = console
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -515,13 +642,13 @@ class _SweepProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+        self.progress.__exit__(None, None, None)
 
     def start(self, description: str) -> None:
         self.progress.update(self.sweep_task, description=f"runs · {description}")
 
     def advance(self, line: str) -> None:
-        self.console.print(line)
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
         self.progress.advance(self.sweep_task)
 
     def epochs(self, n: int, description: str) -> Iterator[int]:

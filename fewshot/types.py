@@ -186,11 +186,20 @@ class Split:
 
 @dataclass(frozen=True)
 class Splits:
-    """train / val / test of one dataset (val may be the test split, as for ImageNet)."""
+    """train / val / test of one dataset.
+
+    A dataset with no val split of its own (ImageNet) sets ``val`` to its train split: its
+    few-shot val set is then drawn from the train images outside the support set
+    (:func:`fewshot.protocols.sample_subset`), so nothing is ever selected on test images.
+    """
 
     train: Split
     val: Split
     test: Split
+
+    @property
+    def val_is_train(self) -> bool:
+        return self.val.hash == self.train.hash and len(self.train) > 0
 
     @property
     def hash(self) -> str:

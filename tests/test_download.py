@@ -25,7 +25,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from fewshot.cli_data import data_app
+from fewshot.cli.data import data_app
 from fewshot.datasets import download
 from fewshot.datasets.base import DatasetError
 from fewshot.datasets.download import (
@@ -768,7 +768,7 @@ def test_recipes_cover_every_dataset_with_checksums_or_reasons() -> None:
 
 
 def test_suites_expand_to_their_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fewshot.cli_data import resolve_download_names
+    from fewshot.cli.data import resolve_download_names
     from fewshot.datasets import SUITES
     from fewshot.types import ConfigError
 

@@ -21,14 +21,8 @@ from PIL import Image
 
 from fewshot.backbones import Backbone
 from fewshot.datasets.base import Dataset
-from fewshot.features import (
-    FeatureCache,
-    FeatureKey,
-    SubsetImages,
-    encode_items,
-    encode_views,
-    feature_key,
-)
+from fewshot.encoding import SubsetImages, encode_items, encode_views
+from fewshot.features import FeatureCache, FeatureKey, feature_key
 from fewshot.types import BackboneSpec, ConfigError, DatasetSpec, FeatureSet, Item, Split, Splits
 
 N_ITEMS = 12
@@ -138,8 +132,8 @@ def _other(value: Any) -> Any:
 
 
 def test_every_key_field_changes_the_digest(backbone: Backbone, data: FakeDataset) -> None:
-    key = feature_key(backbone, data, data.items, view=None)
-    assert key == feature_key(backbone, data, data.items, view=None)
+    key = feature_key(backbone, data, data.items, view=0, seed=1)
+    assert key == feature_key(backbone, data, data.items, view=0, seed=1)
     assert key.digest == FeatureKey(**key.to_dict()).digest  # stable, from values only
     assert key.normalized is False  # raw features are stored
     digests = {key.digest}
@@ -150,10 +144,18 @@ def test_every_key_field_changes_the_digest(backbone: Backbone, data: FakeDatase
     # The inputs feed the right fields.
     assert feature_key(backbone, data, data.items[:-1]).items_hash != key.items_hash
     assert feature_key(backbone, FakeDataset(version="2"), data.items).digest != key.digest
-    assert feature_key(backbone, data, data.items, view=0).transform != key.transform
+    test_key = feature_key(backbone, data, data.items)
+    assert test_key.transform != key.transform and test_key.view is None
+    assert test_key.seed is None  # test-transform features do not depend on the run seed
+    assert feature_key(backbone, data, data.items, seed=2) == test_key
+    assert feature_key(backbone, data, data.items, view=0, seed=2).digest != key.digest
     assert key.precision == "float32"
+    # The run's precision, not whatever autocast happens to be active, names the entry.
+    assert feature_key(backbone, data, data.items, precision="bf16").precision == "float32+autocast-bfloat16"
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert feature_key(backbone, data, data.items).precision == "float32+autocast-bfloat16"
+        assert feature_key(backbone, data, data.items).precision == "float32"
+    with pytest.raises(ValueError, match="run seed"):
+        feature_key(backbone, data, data.items, view=0)
 
 
 def _entry_files(cache: FeatureCache) -> list[Path]:
@@ -194,29 +196,52 @@ def test_views_are_deterministic_and_distinct(backbone: Backbone, data: FakeData
     torch.manual_seed(123)
     expected_draw = torch.rand(3)
     torch.manual_seed(123)
-    v0 = encode_items(backbone, data, data.items, cache=cache_a, view=0, batch_size=4)
+    v0 = encode_items(backbone, data, data.items, cache=cache_a, view=0, seed=1, batch_size=4)
     assert torch.equal(torch.rand(3), expected_draw)  # the global RNG was left alone
     torch.manual_seed(999)  # a different global state must not matter
-    v0_again = encode_items(backbone, data, data.items, cache=cache_b, view=0, batch_size=5)
+    v0_again = encode_items(backbone, data, data.items, cache=cache_b, view=0, seed=1, batch_size=5)
     torch.testing.assert_close(v0_again.features, v0.features)
     # Item-keyed: view 0 of an item is the same crop in another subset, order and batch.
     subset = data.items[7:2:-2]
-    part = encode_items(backbone, data, subset, cache=cache_b, view=0, batch_size=2)
+    part = encode_items(backbone, data, subset, cache=cache_b, view=0, seed=1, batch_size=2)
     torch.testing.assert_close(part.features, v0.features[[7, 5, 3]])
 
-    v1 = encode_items(backbone, data, data.items, cache=cache_a, view=1)
+    v1 = encode_items(backbone, data, data.items, cache=cache_a, view=1, seed=1)
     test = encode_items(backbone, data, data.items, cache=cache_a)
     for other in (v1, test):
         differs = (other.features - v0.features).abs().amax(dim=1) > 1e-4
         assert differs.all()
 
 
+def test_each_run_seed_draws_its_own_views(
+    backbone: Backbone, data: FakeDataset, cache: FeatureCache
+) -> None:
+    """Seeds 1-3 train on different crops (as the official loader gives every run fresh
+    ones); one seed always gets the same crops, cold cache or warm."""
+    seed1 = encode_views(backbone, data, data.items, 2, cache=cache, seed=1)
+    seed2 = encode_views(backbone, data, data.items, 2, cache=cache, seed=2)
+    differs = (seed1.features - seed2.features).abs().amax(dim=1) > 1e-4
+    assert differs.all() and seed1.key != seed2.key
+    cold = encode_views(backbone, data, data.items, 2, cache=FeatureCache(cache.root / "cold"), seed=1)
+    assert torch.equal(cold.features, seed1.features)
+
+
+def test_precision_runs_the_encoder_under_autocast(
+    backbone: Backbone, data: FakeDataset, cache: FeatureCache
+) -> None:
+    fp32 = encode_items(backbone, data, data.items, cache=cache)
+    bf16 = encode_items(backbone, data, data.items, cache=cache, precision="bf16")
+    assert bf16.key != fp32.key  # two entries
+    assert not torch.equal(bf16.features, fp32.features)  # bf16 arithmetic really ran
+    torch.testing.assert_close(bf16.features, fp32.features, atol=0.1, rtol=0.05)
+
+
 def test_encode_views_is_view_major_and_one_pass(
     backbone: Backbone, data: FakeDataset, cache: FeatureCache
 ) -> None:
-    v1 = encode_items(backbone, data, data.items, cache=cache, view=1)
+    v1 = encode_items(backbone, data, data.items, cache=cache, view=1, seed=1)
     data.loads, cache.images_encoded = 0, 0
-    out = encode_views(backbone, data, data.items, 3, cache=cache, batch_size=8)
+    out = encode_views(backbone, data, data.items, 3, cache=cache, seed=1, batch_size=8)
     n = N_ITEMS
     assert out.features.shape == (3 * n, 16)
     assert data.loads == n  # the two missing views (0 and 2) came from one pass over the images
@@ -225,12 +250,12 @@ def test_encode_views_is_view_major_and_one_pass(
     assert out.ids == tuple(it.path for it in data.items) * 3
     torch.testing.assert_close(out.features[n : 2 * n], v1.features)
     for v in (0, 2):
-        alone = encode_items(backbone, data, data.items, cache=FeatureCache(cache.root / "x"), view=v)
+        alone = encode_items(backbone, data, data.items, cache=FeatureCache(cache.root / "x"), view=v, seed=1)
         torch.testing.assert_close(out.features[v * n : (v + 1) * n], alone.features, atol=1e-5, rtol=1e-5)
-    again = encode_views(backbone, data, data.items, 3, cache=cache)
+    again = encode_views(backbone, data, data.items, 3, cache=cache, seed=1)
     assert torch.equal(again.features, out.features) and again.key == out.key
     with pytest.raises(ConfigError):
-        encode_views(backbone, data, data.items, 0, cache=cache)
+        encode_views(backbone, data, data.items, 0, cache=cache, seed=1)
 
 
 def test_progress_is_driven(backbone: Backbone, data: FakeDataset, cache: FeatureCache) -> None:
@@ -250,7 +275,7 @@ def test_progress_is_driven(backbone: Backbone, data: FakeDataset, cache: Featur
 def test_ls_clear_and_size(backbone: Backbone, cache: FeatureCache) -> None:
     a, b = FakeDataset("fake-a"), FakeDataset("fake-b")
     encode_items(backbone, a, a.items, cache=cache)
-    encode_items(backbone, a, a.items, cache=cache, view=0)
+    encode_items(backbone, a, a.items, cache=cache, view=0, seed=1)
     encode_items(backbone, b, b.items[:5], cache=cache)
     entries = cache.ls()
     assert sorted((e["dataset"], e["n"], e["dim"], str(e["view"])) for e in entries) == [
@@ -274,7 +299,7 @@ def test_writes_are_atomic(
     backbone: Backbone, data: FakeDataset, cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     encode_items(backbone, data, data.items, cache=cache)
-    encode_views(backbone, data, data.items, 2, cache=cache)
+    encode_views(backbone, data, data.items, 2, cache=cache, seed=1)
     names = [p.name for p in _entry_files(cache)]
     assert len(names) == 6 and all(n.endswith((".pt", ".json")) and not n.startswith(".") for n in names)
 

@@ -33,9 +33,11 @@ def _split(name: str, counts: dict[int, int], rng: random.Random) -> Split:
 @pytest.fixture
 def splits() -> Splits:
     rng = random.Random(123)
-    # Label 3 has only 2 train items (fewer than K): Dassl (repeat=True) draws K with replacement.
-    train_counts = {0: 20, 1: 25, 2: 18, 3: 2, 4: 30}
-    val_counts = {0: 6, 1: 5, 2: 7, 3: 1, 4: 9}
+    # Small classes sit between large ones: label 1 has 3 train items and label 3 has 2, fewer
+    # than K from K = 4 (1) and K = 4 (3) on; Dassl HEAD keeps them whole and draws nothing
+    # for them, so every later class and the whole val sample depend on that rule.
+    train_counts = {0: 20, 1: 3, 2: 18, 3: 2, 4: 30}
+    val_counts = {0: 6, 1: 2, 2: 7, 3: 1, 4: 9}
     return Splits(
         train=_split("train", train_counts, rng),
         val=_split("val", val_counts, rng),
@@ -46,8 +48,10 @@ def splits() -> Splits:
 SPEC = DatasetSpec("toyset", ("a", "b", "c", "d", "e"), "a photo of a {}.")
 
 
-def _dassl_fewshot(items: tuple[Item, ...], num_shots: int) -> list[Item]:
-    """Dassl's generate_fewshot_dataset (its default repeat=True), re-stated from its rule."""
+def _dassl_fewshot(items: tuple[Item, ...], num_shots: int, repeat: bool = False) -> list[Item]:
+    """Dassl's generate_fewshot_dataset, re-stated from KaiyangZhou/Dassl.pytorch
+    dassl/data/datasets/base_dataset.py at HEAD c61a1b5: default repeat=False (since e3a15da,
+    2021-10-09), so a class smaller than K is kept whole and draws nothing."""
     tracker: defaultdict[int, list[Item]] = defaultdict(list)
     for item in items:
         tracker[item.label].append(item)
@@ -55,8 +59,10 @@ def _dassl_fewshot(items: tuple[Item, ...], num_shots: int) -> list[Item]:
     for group in tracker.values():
         if len(group) >= num_shots:
             dataset.extend(random.sample(group, num_shots))
-        else:
+        elif repeat:
             dataset.extend(random.choices(group, k=num_shots))
+        else:
+            dataset.extend(group)
     return dataset
 
 
@@ -73,11 +79,56 @@ def test_sampling_reproduces_dassl(splits: Splits, shots: int, seed: int) -> Non
     task = make_task(SPEC, splits, "fewshot", shots, seed)
     assert [splits.train.items[i] for i in task.train_ids] == want_train
     assert [splits.val.items[i] for i in task.val_ids] == want_val
-    # Class 3 has 2 train items: K picks of those two (repeats once K > 2); others never repeat.
+    # Class 3 has 2 train items: min(K, 2) of them, never repeated; no item is picked twice.
     small = [i for i in task.train_ids if splits.train.items[i].label == 3]
-    assert len(small) == shots and len(set(small)) <= 2
-    others = [i for i in task.train_ids if splits.train.items[i].label != 3]
-    assert len(set(others)) == len(others)
+    assert len(small) == min(shots, 2)
+    assert len(set(task.train_ids)) == len(task.train_ids)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_old_repeat_rule_gives_other_subsets(splits: Splits, seed: int) -> None:
+    """With repeat=True (Dassl for three weeks in 2021) the small classes consume draws, so
+    later classes and the val sample change: the rule matters beyond the small classes."""
+    state = random.getstate()
+    try:
+        random.seed(seed)
+        old_train = _dassl_fewshot(splits.train.items, 16, repeat=True)
+        old_val = _dassl_fewshot(splits.val.items, 4, repeat=True)
+    finally:
+        random.setstate(state)
+    task = make_task(SPEC, splits, "fewshot", 16, seed)
+    new_train = [splits.train.items[i] for i in task.train_ids]
+    new_val = [splits.val.items[i] for i in task.val_ids]
+    order = list(dict.fromkeys(item.label for item in splits.train.items))  # first appearance
+    first_small = min(order.index(1), order.index(3))
+    after = set(order[first_small + 1 :]) - {1, 3}
+    assert after  # some large class is sampled after a small one
+    assert [i for i in new_train if i.label in after] != [i for i in old_train if i.label in after]
+    assert new_val != old_val
+
+
+@pytest.mark.parametrize("shots", [1, 4, 16])
+def test_val_comes_from_train_outside_the_support_when_there_is_no_val_split(shots: int) -> None:
+    """ImageNet's case: Splits.val is the train split; the val sample never touches the
+    support images or the test split, and follows the Dassl rule on the remaining images."""
+    rng = random.Random(5)
+    train = _split("train", {0: 30, 1: 18, 2: 25}, rng)
+    test = _split("test", {c: 4 for c in range(3)}, rng)
+    splits = Splits(train=train, val=train, test=test)
+    assert splits.val_is_train
+    spec = DatasetSpec("toyset", ("a", "b", "c"), "{}")
+    task = make_task(spec, splits, "fewshot", shots, 2)
+    assert not set(task.val_ids) & set(task.train_ids)
+    state = random.getstate()
+    try:
+        random.seed(2)
+        support = _dassl_fewshot(train.items, shots)
+        rest = tuple(item for item in train.items if item not in support)
+        want_val = _dassl_fewshot(rest, min(shots, 4))
+    finally:
+        random.setstate(state)
+    assert [train.items[i] for i in task.train_ids] == support
+    assert [train.items[i] for i in task.val_ids] == want_val
 
 
 def test_sample_fewshot_groups_by_first_appearance() -> None:
@@ -85,10 +136,8 @@ def test_sample_fewshot_groups_by_first_appearance() -> None:
     picked = sample_fewshot(Split("t", items), 1, seed=7)
     assert [items[i].label for i in picked] == [2, 0, 1]
     assert sample_fewshot(Split("t", items), 1, seed=7) == picked  # deterministic
-    # Fewer items than K: K draws with replacement per label, in first-appearance order.
-    rng = random.Random(7)
-    want = [i for group in ([0, 2, 6], [1, 4], [3, 5]) for i in rng.choices(group, k=5)]
-    assert sample_fewshot(Split("t", items), 5, seed=7) == want
+    # Fewer items than K: every item of the label, in split order, and no draw.
+    assert sample_fewshot(Split("t", items), 5, seed=7) == [0, 2, 6, 1, 4, 3, 5]
 
 
 def test_seeds_differ(splits: Splits) -> None:

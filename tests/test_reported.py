@@ -20,7 +20,7 @@ HEADER = ",".join(REPORTED_COLUMNS)
 GOOD = (
     "coop,ViT-B-16:openai,base2novel,Average,16,base,82.69,repository,"
     "muzairkhattak/multimodal-prompt-learning:README.md@69bce21ae8eda80ad6187534b2dce09cf6c59e17,"
-    "arXiv:2210.03117,copied"
+    "arXiv:2210.03117,copied,yes"
 )
 
 
@@ -115,6 +115,7 @@ def swap(line: str, column: str, value: str) -> str:
         ((GOOD, swap(GOOD, "value", "101")), HEADER, r"row 3: value 101 out of range"),
         ((swap(GOOD, "value", "nan"),), HEADER, r"row 2: value nan out of range"),
         ((swap(GOOD, "how", "guessed"),), HEADER, r"row 2: unknown how 'guessed'"),
+        ((swap(GOOD, "primary", "maybe"),), HEADER, r"row 2: unknown primary 'maybe'"),
         ((swap(GOOD, "source", "blog"),), HEADER, r"row 2: unknown source 'blog'"),
         ((swap(GOOD, "protocol", "b2n"),), HEADER, r"row 2: unknown protocol 'b2n'"),
         ((swap(GOOD, "location", ""),), HEADER, r"row 2: empty location"),
@@ -131,11 +132,26 @@ def test_bad_files_are_rejected(tmp_path: Path, lines: tuple[str, ...], header: 
     assert "\n" not in str(info.value)
 
 
-def test_same_number_from_two_locations_is_allowed(tmp_path: Path) -> None:
-    other = swap(GOOD, "location", "muzairkhattak/PromptSRC:README.md@" + "b" * 40)
+def test_same_number_from_two_locations_is_allowed_with_one_primary(tmp_path: Path) -> None:
+    other = swap(swap(GOOD, "location", "muzairkhattak/PromptSRC:README.md@" + "b" * 40), "primary", "no")
     frame = read_reported(write(tmp_path / "reported", GOOD, other))
-    assert len(frame) == 2
+    assert len(frame) == 2 and frame["primary"].tolist() == [True, False]
     assert frame["citation"].tolist()[1] == "README (muzairkhattak/PromptSRC@bbbbbbb)"
+    both = swap(other, "primary", "yes")
+    with pytest.raises(ConfigError, match="exactly one row with primary=yes"):
+        read_reported(write(tmp_path / "two", GOOD, both))
+    with pytest.raises(ConfigError, match="exactly one row with primary=yes"):
+        read_reported(write(tmp_path / "none", swap(GOOD, "primary", "no")))
+
+
+def test_disagreeing_shipped_sources_have_one_primary_each(shipped: pd.DataFrame) -> None:
+    """CoOp and IVLP base-to-novel averages are printed differently by two READMEs; the
+    leaderboard compares against MaPLe's CoOp row and PromptSRC's IVLP row (IVLP 4+4 tokens,
+    depth 9, as the harness's defaults)."""
+    primary = shipped[shipped["primary"] & (shipped["dataset"] == "Average")]
+    coop = primary[(primary["method"] == "coop") & (primary["space"] == "base")]
+    ivlp = primary[(primary["method"] == "ivlp") & (primary["space"] == "base")]
+    assert coop["value"].tolist() == [82.69] and ivlp["value"].tolist() == [84.21]
 
 
 def test_backbone_is_canonical_and_paper_citation(tmp_path: Path) -> None:

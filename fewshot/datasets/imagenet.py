@@ -16,9 +16,12 @@ order of CoOp's sorted class folders, so that ImageNet and its shifts share one 
 Template: ``a photo of a {}.``
 
 Splits: read from the folders as CoOp reads them (no split file): train = ``images/train``,
-test = the official validation set ``images/val`` (50,000 images), and val = test, as in CoOp
-(the last-epoch model is evaluated). Within a class, files are sorted by name (CoOp keeps the
-file system's order, which differs between machines).
+test = the official validation set ``images/val`` (50,000 images). ImageNet has no val split
+of its own: CoOp uses val = test; here ``Splits.val`` is the train split, so the few-shot val
+set is drawn from the train images outside the support set and no method can select
+anything on test images (a deliberate deviation; docs/design.md says what it changes).
+Within a class, files are sorted by name (CoOp keeps the file system's order, which differs
+between machines).
 
 The validation images must be sorted into wnid folders. The official archive extracts them flat
 (``images/val/ILSVRC2012_val_00000001.JPEG``); that is an error naming the folder and the fix
@@ -149,7 +152,8 @@ class ImageNet(CoopDataset):
                 raise DatasetError(
                     f"{self.name}: the {split} split is empty: no images in {root}; fix: {self.fix_hint()}"
                 )
-        splits = Splits(Split("train", tuple(train)), Split("val", tuple(test)), Split("test", tuple(test)))
+        # No val split: val is the train split, sampled outside the support (fewshot.protocols).
+        splits = Splits(Split("train", tuple(train)), Split("val", tuple(train)), Split("test", tuple(test)))
         return Loaded(splits, tuple(clean_classname(n) for n in names.values()), SPLIT_SOURCE)
 
     def _unsorted_val(self, val_root: Path) -> str:

@@ -28,7 +28,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fewshot._cli_common import ErrorGroup, console, err_console, print_error, split_list
+from fewshot.cli._common import ErrorGroup, console, err_console, print_error, split_list
 from fewshot.types import ConfigError
 
 if TYPE_CHECKING:

@@ -1,0 +1,62 @@
+"""The ``fewshot`` command line (typer + rich). Thin: every command delegates to the library.
+
+Commands: ``run`` (:mod:`~fewshot.cli.run`: a sweep, or its plan with ``--dry-run``),
+``list`` (:mod:`~fewshot.cli.listing`), ``leaderboard`` (:mod:`~fewshot.cli.leaderboard`),
+``cache`` (:mod:`~fewshot.cli.cache`) and ``data`` (:mod:`~fewshot.cli.data`). torch,
+open_clip and pandas are imported inside the commands that need them, so ``fewshot --help``
+stays fast.
+
+Errors the user can cause are :class:`fewshot.types.FewshotError`; wherever one is raised
+inside a command, it is printed as one red line (no traceback) and the exit code is 2.
+A sweep with failed runs exits 1.
+"""
+
+from typing import Annotated
+
+import typer
+
+import fewshot
+from fewshot.cli._common import ErrorGroup, console
+from fewshot.cli.cache import cache_app
+from fewshot.cli.data import data_app
+from fewshot.cli.leaderboard import leaderboard_command
+from fewshot.cli.listing import list_app
+from fewshot.cli.run import run_command
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    cls=ErrorGroup,
+    name="fewshot",
+    help="Few-shot adaptation of CLIP-like models: run methods, build the leaderboard.",
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.command("run")(run_command)
+app.command("leaderboard")(leaderboard_command)
+app.add_typer(list_app, name="list")
+app.add_typer(cache_app, name="cache")
+app.add_typer(data_app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"fewshot {fewshot.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Few-shot adaptation of CLIP-like models: run methods, build the leaderboard."""
+
+
+def main() -> None:
+    """Console entry point ``fewshot``."""
+    app()

@@ -1,0 +1,86 @@
+"""``fewshot list``: methods, datasets, backbones and suites."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from fewshot.cli._common import DataRootOpt, ErrorGroup, console
+from fewshot.types import FewshotError
+
+__all__ = ["list_app"]
+
+list_app = typer.Typer(
+    cls=ErrorGroup, help="List methods, datasets, backbones or suites.", no_args_is_help=True
+)
+
+
+@list_app.command("methods")
+def list_methods() -> None:
+    """Registered methods: origin (builtin / plugin / distribution), needs, novel classes."""
+    from fewshot.methods import METHODS
+
+    table = Table("Method", "Origin", "Distribution", "Needs", "Novel classes")
+    for name in METHODS.names():
+        try:
+            cls = METHODS.get(name)
+            origin = METHODS.origin(name)
+        except FewshotError as exc:
+            table.add_row(name, "?", "", Text(f"cannot load: {exc}", style="red"), "")
+            continue
+        dist = f"{origin.distribution} {origin.version or ''}".strip() if origin.distribution else ""
+        table.add_row(name, origin.kind, dist, cls.needs.value, "yes" if cls.supports_novel else "no")
+    console.print(table)
+
+
+@list_app.command("datasets")
+def list_datasets(data_root: DataRootOpt = None) -> None:
+    """Registered datasets, whether each is present under the data root, and how to get it."""
+    from fewshot.datasets import DATASETS, SUITES, get_dataset
+
+    table = Table("Dataset", "Suites", "Status", "How to get it")
+    for name in DATASETS.names():
+        suites = ", ".join(s for s, members in SUITES.items() if name in members)
+        try:
+            ds = get_dataset(name, data_root)
+            present = ds.is_present()
+            status = Text("present", style="green") if present else Text("missing", style="yellow")
+            hint = "" if present else ds.fix_hint()
+        except FewshotError as exc:
+            status, hint = Text("error", style="red"), str(exc)
+        table.add_row(name, suites, status, hint)
+    console.print(table)
+    suites_table(data_root)
+    if data_root is None:
+        console.print("Data root: not set (--data-root or $FEWSHOT_DATA); toy datasets need none.")
+    else:
+        console.print(f"Data root: {data_root}")
+
+
+@list_app.command("backbones")
+def list_backbones() -> None:
+    """Known backbone ids (toy, then open_clip's ARCH:PRETRAINED pairs), one per line."""
+    from fewshot.backbones import list_backbones as known
+
+    for name in known():
+        console.print(name, markup=False, soft_wrap=True)
+
+
+@list_app.command("suites")
+def list_suites(data_root: DataRootOpt = None) -> None:
+    """Dataset suites, their members, and how many are present under the data root."""
+    suites_table(data_root)
+
+
+def suites_table(data_root: Path | None) -> None:
+    from fewshot.datasets import SUITES, get_dataset
+
+    table = Table("Suite", "Datasets", "Present")
+    for name, members in SUITES.items():
+        present = sum(get_dataset(member, data_root).is_present() for member in members)
+        style = "green" if present == len(members) else "yellow"
+        table.add_row(name, ", ".join(members), Text(f"{present}/{len(members)}", style=style))
+    console.print(table)

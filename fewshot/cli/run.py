@@ -1,0 +1,248 @@
+"""``fewshot run``: options in, one validated plan, a sweep (or, with ``--dry-run``, the plan).
+
+The command only translates its options into :meth:`fewshot.planning.SweepPlan.from_options`,
+the builder the Python API uses too; every input is checked there before anything runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.text import Text
+
+from fewshot.cli._common import (
+    USER_ERROR_EXIT,
+    CacheDirOpt,
+    DataRootOpt,
+    ResultsOpt,
+    console,
+    err_console,
+    frame_table,
+    opt,
+    print_error,
+    split_list,
+)
+from fewshot.planning import DEFAULT_METHODS, PlanError, SweepPlan
+from fewshot.precision import PRECISIONS
+from fewshot.types import PROTOCOLS
+
+if TYPE_CHECKING:
+    from fewshot.planning import PlannedFit
+
+__all__ = ["run_command"]
+
+FAILED_RUNS_EXIT = 1
+TOY_NOTICE = (
+    "No dataset given and $FEWSHOT_DATA unset: running the toy suite on {backbone}. "
+    "Use --suite coop11 --backbone ViT-B-16:openai --data-root DIR for the real benchmark."
+)
+
+MethodOpt = Annotated[
+    list[str] | None,
+    opt(
+        "--method",
+        "-m",
+        metavar="NAME",
+        help=f"Method(s); repeat or comma-separate. \\[default: {','.join(DEFAULT_METHODS)}]",
+    ),
+]
+DatasetOpt = Annotated[
+    list[str] | None,
+    opt("--dataset", "-d", metavar="NAME", help="Dataset(s) or suite(s); repeat or comma-separate."),
+]
+SuiteOpt = Annotated[list[str] | None, opt("--suite", metavar="NAME", help="Suite(s), e.g. toy or coop11.")]
+ShotsOpt = Annotated[
+    list[str], opt("--shots", metavar="K,...", help="Shots per class, e.g. 1,2,4,8,16.", show_default=True)
+]
+SeedsOpt = Annotated[list[str], opt("--seeds", metavar="S,...", help="Seeds, e.g. 1,2,3.", show_default=True)]
+BackboneOpt = Annotated[
+    str,
+    opt(
+        "--backbone",
+        metavar="ID",
+        help="toy, ARCH:PRETRAINED (ViT-B-16:openai) or hf-hub:ORG/NAME.",
+        show_default=True,
+    ),
+]
+ProtocolOpt = Annotated[
+    str, opt("--protocol", metavar="NAME", help=", ".join(PROTOCOLS) + ".", show_default=True)
+]
+SourceOpt = Annotated[
+    str | None,
+    opt(
+        "--source",
+        metavar="NAME",
+        help="cross-dataset / domain-generalization: the dataset to train on "
+        "(default: imagenet for coop11, toy-objects for toy; see docs/cli.md).",
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    opt(
+        "--device",
+        metavar="DEVICE",
+        help="auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps.",
+        show_default=True,
+    ),
+]
+PrecisionOpt = Annotated[
+    str,
+    opt(
+        "--precision",
+        metavar="|".join(PRECISIONS),
+        help="auto: fp32 on CPU, fp16 autocast on CUDA (as the official code); recorded with each run.",
+        show_default=True,
+    ),
+]
+AugViewsOpt = Annotated[
+    str,
+    opt(
+        "--aug-views",
+        metavar="N|online",
+        help="Cached augmented views per support image, or online.",
+        show_default=True,
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    opt(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Config override for every method, or METHOD.key=value; repeatable.",
+    ),
+]
+DryRunOpt = Annotated[
+    bool,
+    opt(
+        "--dry-run",
+        help="Show every planned run with its resolved config and stop (no images or weights are "
+        "loaded; missing datasets are marked).",
+    ),
+]
+
+
+def run_command(
+    method: MethodOpt = None,
+    dataset: DatasetOpt = None,
+    suite: SuiteOpt = None,
+    shots: ShotsOpt = ["16"],  # noqa: B006 (typer reads, never mutates, the default)
+    seeds: SeedsOpt = ["1,2,3"],  # noqa: B006
+    backbone: BackboneOpt = "toy",
+    protocol: ProtocolOpt = "fewshot",
+    source: SourceOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    results: ResultsOpt = Path("results/runs"),
+    aug_views: AugViewsOpt = "10",
+    set_: SetOpt = None,
+    data_root: DataRootOpt = None,
+    cache_dir: CacheDirOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Run methods x datasets x shots x seeds; one record per run; a summary at the end.
+
+    Runs already recorded (same spec) are skipped, so an interrupted sweep resumes. With
+    --protocol cross-dataset or domain-generalization, each method is fitted once on the
+    source and scored on it and on every target: one record each.
+    """
+    names = split_list(dataset) + split_list(suite)
+    if not names and data_root is not None:
+        print_error("No dataset given: pass --dataset NAME or --suite NAME (`fewshot list suites`).")
+        raise typer.Exit(USER_ERROR_EXIT)
+    try:
+        plan = SweepPlan.from_options(
+            split_list(method) or None,
+            names,
+            shots=split_list(shots),
+            seeds=split_list(seeds),
+            protocol=protocol,
+            backbone=backbone,
+            source=source,
+            sets=list(set_ or []),
+            aug_views=aug_views,
+            precision=precision,
+            device=device,
+            data_root=data_root,
+        )
+    except PlanError as exc:
+        for problem in exc.problems:
+            print_error(problem)
+        raise typer.Exit(USER_ERROR_EXIT) from None
+    if dry_run:
+        show_plan(plan)
+        return
+    if plan.toy_default:
+        where = "the bundled toy backbone" if backbone == "toy" else f"backbone {backbone}"
+        err_console.print(Text(TOY_NOTICE.format(backbone=where), style="yellow"))
+    _sweep(plan, results, cache_dir)
+
+
+def _sweep(plan: SweepPlan, results: Path, cache_dir: Path | None) -> None:
+    from fewshot import runner
+    from fewshot.features import FeatureCache
+    from fewshot.leaderboard import summary_table
+
+    outcomes = runner.sweep(plan, results_dir=results, cache=FeatureCache(cache_dir), console=console)
+    if outcomes:
+        title = "Summary (mean over seeds)"
+        console.print(frame_table(summary_table(outcomes), title, ("backbone", "protocol", "precision")))
+    failed = [r for r in outcomes if not r.ok]
+    if failed:
+        where = failed[0].spec.record_path(results)
+        print_error(
+            f"{len(failed)} of {len(outcomes)} runs failed. Their failure records (with the reason) are "
+            f"under {results}, e.g. {where}; `fewshot leaderboard` lists them all."
+        )
+        raise typer.Exit(FAILED_RUNS_EXIT)
+    console.print(
+        f"Records in {results}. Next: fewshot leaderboard --results {results}", markup=False, soft_wrap=True
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# --dry-run
+
+
+def show_plan(plan: SweepPlan) -> None:
+    """One block per planned fit group (seeds folded): what runs, on which data, with which
+    resolved config. Plain text, so it reads (and greps) the same at any terminal width."""
+    missing = plan.missing()
+    specs = plan.specs
+    console.print(
+        f"Planned: {len(specs)} records from {len(plan.fits)} fits; backbone {specs[0].backbone}, "
+        f"device {specs[0].device}, precision {specs[0].precision}, "
+        f"aug views {specs[0].aug_views or 'online'}. Nothing was run.",
+        markup=False,
+        soft_wrap=True,
+    )
+    for group in _grouped(plan):
+        first = group[0]
+        spec = first.spec
+        datasets = [spec.dataset, *(r.target for r in first.records if r.target)]
+        absent = [d for d in datasets if d in missing]
+        seeds = ",".join(str(f.spec.seed) for f in group)
+        head = Text.assemble(
+            "\n",
+            (spec.variant, "bold"),
+            f" · {spec.dataset}" + (f" -> {', '.join(datasets[1:])}" if len(datasets) > 1 else ""),
+            f" · {spec.protocol} · {spec.shots} shots · seeds {seeds} · ",
+            ("data missing: " + ", ".join(absent), "yellow") if absent else ("data present", "green"),
+        )
+        console.print(head)
+        config = " ".join(
+            f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in first.config.to_dict().items()
+        )
+        console.print(Text("  " + config))
+    for name, hint in missing.items():
+        err_console.print(Text(f"{name}: missing — {hint}", style="yellow"))
+
+
+def _grouped(plan: SweepPlan) -> list[list[PlannedFit]]:
+    """Fits that differ only in seed, together, in plan order."""
+    groups: dict[tuple[object, ...], list[PlannedFit]] = {}
+    for fit in plan.fits:
+        s = fit.spec
+        groups.setdefault((s.method, s.overrides, s.dataset, s.protocol, s.shots), []).append(fit)
+    return list(groups.values())
