@@ -50,10 +50,10 @@ DEFAULT_AUG_VIEWS = 10
 
 
 class PlanError(ConfigError):
-    """Bad input found while planning; ``problems`` holds one line each."""
+    """Bad input found while planning; ``problems`` holds one line each (no repeats)."""
 
     def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
+        self.problems = list(dict.fromkeys(problems))
         super().__init__("\n".join(self.problems))
 
 
@@ -341,7 +341,7 @@ class _Builder:
             for dataset in datasets:
                 for k in shots:
                     first = RunSpec(method, dataset, shots=k, overrides=overrides, **common)
-                    config = self.check(resolve_config, first)
+                    config = self.check(_config_of, first)
                     if config is None:
                         continue
                     for seed in seeds:
@@ -370,6 +370,14 @@ class _Builder:
                 self.problems.append(_unknown_key(classes[lacking[0]], key, lacking))
             for method in lacking:
                 settings[method].pop(key)
+
+
+def _config_of(spec: RunSpec) -> AdapterConfig:
+    """:func:`resolve_config`, its errors naming the method."""
+    try:
+        return resolve_config(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{spec.method}: {exc}") from None
 
 
 def _unknown_key(cls: type[Adapter], key: str, methods: list[str]) -> str:

@@ -303,7 +303,7 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     if not isinstance(value, str):
         return value
     text = value.strip()
-    ann = str(annotation)
+    ann = annotation.__name__ if isinstance(annotation, type) else str(annotation)
     if text.lower() in ("none", "null") and "None" in ann:
         return None
     try:

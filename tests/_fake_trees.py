@@ -433,12 +433,13 @@ def imagenet(root: Path) -> Tree:
     wnids = list(IMAGENET)
     train = _wnid_images(folder, "images/train", wnids, 3, "train")
     test = _wnid_images(folder, "images/val", wnids, 2, "ILSVRC2012_val")
-    rows = {"train": train, "val": test, "test": test}
+    # No val split of its own: val is the train split (few-shot val is drawn outside the support).
+    rows = {"train": train, "val": train, "test": test}
     return Tree(
         "imagenet",
         root,
         tuple(IMAGENET.values()),
-        (18, 12, 12),
+        (18, 18, 12),
         "a photo of a tench.",
         (3, 3),
         "images/{train,val} folders",

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 import fewshot
 import fewshot.runner
 from fewshot.cli import app
+from fewshot.planning import SweepPlan
 from fewshot.results import write_record
 from fewshot.types import RunResult, RunSpec
 
@@ -24,9 +25,9 @@ def sweep_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[st
     """Patch the sweep the CLI calls; record its arguments; return ok results."""
     calls: list[dict[str, Any]] = []
 
-    def fake_sweep(specs: list[RunSpec], **kwargs: Any) -> list[RunResult]:
-        calls.append({"specs": list(specs), **kwargs})
-        return [RunResult(s, metrics={"all": 50.0 + s.seed}) for s in specs]
+    def fake_sweep(plan: SweepPlan, **kwargs: Any) -> list[RunResult]:
+        calls.append({"specs": plan.specs, "data_root": plan.data_root, "plan": plan, **kwargs})
+        return [RunResult(s, metrics={"all": 50.0 + s.seed}) for s in plan.specs]
 
     monkeypatch.setattr(fewshot.runner, "sweep", fake_sweep)
     monkeypatch.delenv("FEWSHOT_DATA", raising=False)
@@ -38,6 +39,10 @@ def expected_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def expected_precision() -> str:
+    return "fp16" if expected_device() == "cuda" else "fp32"  # --precision auto
 
 
 def error_lines(output: str) -> list[str]:
@@ -86,13 +91,15 @@ def test_run_builds_the_grid(sweep_calls: list, tmp_path: Path) -> None:
     )
     assert out.exit_code == 0, out.output
     (call,) = sweep_calls
-    device = expected_device()
+    on = {"backbone": "toy", "device": expected_device(), "precision": expected_precision()}
     assert call["specs"] == [
-        RunSpec("coop", "toy-shapes", shots=1, seed=1, backbone="toy", device=device),
-        RunSpec("coop", "toy-shapes", shots=1, seed=2, backbone="toy", device=device),
-        RunSpec("coop", "toy-shapes", shots=16, seed=1, backbone="toy", device=device),
-        RunSpec("coop", "toy-shapes", shots=16, seed=2, backbone="toy", device=device),
+        RunSpec("coop", "toy-shapes", shots=1, seed=1, **on),
+        RunSpec("coop", "toy-shapes", shots=1, seed=2, **on),
+        RunSpec("coop", "toy-shapes", shots=16, seed=1, **on),
+        RunSpec("coop", "toy-shapes", shots=16, seed=2, **on),
     ]
+    # The plan carries each run's resolved config: CoOp's epochs per shot count.
+    assert [fit.config.epochs for fit in call["plan"].fits] == [50, 50, 200, 200]
     assert call["results_dir"] == results and call["data_root"] is None
     assert Path(call["cache"].root) == tmp_path / "cache"
     assert call["console"] is not None
@@ -131,6 +138,90 @@ def test_run_options_reach_the_specs(sweep_calls: list, tmp_path: Path) -> None:
     assert sweep_calls[0]["data_root"] == tmp_path
 
 
+def dry_run_blocks(output: str) -> dict[str, str]:
+    """``--dry-run`` output: dataset name -> the config line under its block."""
+    blocks, lines = {}, output.splitlines()
+    for i, line in enumerate(lines):
+        if " · " in line and "shots" in line:
+            dataset = line.split(" · ")[1].split(" ")[0]
+            blocks[dataset] = lines[i + 1]
+    return blocks
+
+
+def test_dry_run_shows_each_datasets_resolved_config_without_data(
+    sweep_calls: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No data on the machine: the plan still resolves every config (CoOp: 50 ImageNet
+    epochs at every shot count, 200 elsewhere at 16 shots), marks the data missing, runs
+    nothing and loads no backbone."""
+    import fewshot.backbones
+
+    monkeypatch.setattr(fewshot.backbones, "load_backbone", lambda *a, **k: pytest.fail("weights loaded"))
+    out = runner.invoke(
+        app,
+        ["run", "--method", "coop", "--suite", "coop11", "--shots", "16", "--dry-run"],
+        terminal_width=200,
+    )
+    assert out.exit_code == 0, out.output
+    blocks = dry_run_blocks(out.output)
+    assert len(blocks) == 11
+    assert "epochs=50 " in blocks["imagenet"] and "epochs=200 " in blocks["caltech101"]
+    assert "data missing: imagenet" in out.output and "Nothing was run" in out.output
+    assert sweep_calls == [] and not (tmp_path / "cache").exists()
+
+
+def test_dry_run_shows_promptsrc_gpa_per_dataset(sweep_calls: list) -> None:
+    b2n = runner.invoke(app, "run -m promptsrc --protocol base2novel --suite coop11 --dry-run".split())
+    assert b2n.exit_code == 0, b2n.output
+    blocks = dry_run_blocks(b2n.output)
+    assert len(blocks) == 11 and all("gpa_mean=15.0 gpa_std=1.0" in b for b in blocks.values())
+    few = runner.invoke(app, "run -m promptsrc --suite coop11 --shots 4 --dry-run".split())
+    blocks = dry_run_blocks(few.output)
+    assert "gpa_mean=45.0 gpa_std=5.0" in blocks["dtd"] and "gpa_mean=30.0 gpa_std=30.0" in blocks["imagenet"]
+    assert sweep_calls == []
+
+
+def test_set_key_some_methods_lack_is_rejected_naming_them(sweep_calls: list, tmp_path: Path) -> None:
+    results = tmp_path / "runs"
+    out = runner.invoke(
+        app,
+        [
+            "run",
+            "--method",
+            "zeroshot,coop",
+            "--set",
+            "n_ctx=4",
+            "-d",
+            "toy-shapes",
+            "--results",
+            str(results),
+        ],
+    )
+    assert out.exit_code == 2
+    (line,) = error_lines(out.output)
+    assert "zeroshot has no setting 'n_ctx'" in line and "--set coop.n_ctx=4" in line
+    assert sweep_calls == [] and not results.exists()
+
+
+def test_set_value_of_the_wrong_type_is_rejected_naming_the_type(sweep_calls: list, tmp_path: Path) -> None:
+    results = tmp_path / "runs"
+    out = runner.invoke(
+        app, ["run", "-m", "coop", "--set", "epochs=abc", "-d", "toy-shapes", "--results", str(results)]
+    )
+    assert out.exit_code == 2
+    (line,) = error_lines(out.output)
+    assert "Bad value 'abc' for epochs (expected int)" in line
+    assert sweep_calls == [] and not results.exists()
+
+
+def test_seeds_must_be_positive_and_eval_only_datasets_are_no_source(sweep_calls: list) -> None:
+    out = runner.invoke(app, ["run", "-m", "coop", "-d", "toy-shapes", "--seeds", "0"])
+    assert out.exit_code == 2 and "--seeds takes positive integers" in out.output
+    shifted = runner.invoke(app, ["run", "-m", "coop", "-d", "imagenet-a", "--dry-run"])
+    assert shifted.exit_code == 2 and "evaluation-only" in shifted.output
+    assert sweep_calls == []
+
+
 def test_run_with_data_root_needs_a_dataset(sweep_calls: list, tmp_path: Path) -> None:
     out = runner.invoke(app, ["run", "-m", "coop", "--data-root", str(tmp_path)])
     assert out.exit_code == 2 and "No dataset given" in out.output and sweep_calls == []
@@ -139,8 +230,9 @@ def test_run_with_data_root_needs_a_dataset(sweep_calls: list, tmp_path: Path) -
 def test_run_exits_1_when_runs_fail(
     monkeypatch: pytest.MonkeyPatch, sweep_calls: list, tmp_path: Path
 ) -> None:
-    def failing(specs: list[RunSpec], **kwargs: Any) -> list[RunResult]:
-        return [RunResult(s, status="failed", error="boom") for s in specs[:1]] + [
+    def failing(plan: SweepPlan, **kwargs: Any) -> list[RunResult]:
+        specs = plan.specs
+        return [RunResult(s, status="failed", error="boom [/tmp/x]") for s in specs[:1]] + [
             RunResult(s, metrics={"all": 1.0}) for s in specs[1:]
         ]
 
@@ -152,7 +244,7 @@ def test_run_exits_1_when_runs_fail(
 
 
 def test_fewshot_errors_become_one_red_line(monkeypatch: pytest.MonkeyPatch, sweep_calls: list) -> None:
-    def raising(specs: list[RunSpec], **kwargs: Any) -> list[RunResult]:
+    def raising(plan: SweepPlan, **kwargs: Any) -> list[RunResult]:
         raise fewshot.types.FewshotError("Datasets missing: put them there.")
 
     monkeypatch.setattr(fewshot.runner, "sweep", raising)

@@ -159,9 +159,9 @@ def test_shift_without_any_classnames_file(tmp_path: Path) -> None:
 
 
 def _dassl_fewshot(rows: list[fake.Row], num_shots: int) -> list[fake.Row]:
-    """Dassl's generate_fewshot_dataset with its default repeat=True, re-stated from its rule:
-    group by label in order of first appearance, random.sample K per label, K draws with
-    replacement (random.choices) if fewer."""
+    """Dassl's generate_fewshot_dataset with its default repeat=False (KaiyangZhou/Dassl.pytorch
+    at HEAD c61a1b5), re-stated from its rule: group by label in order of first appearance,
+    random.sample K per label; a label with fewer items keeps them all and draws nothing."""
     tracker: defaultdict[int, list[fake.Row]] = defaultdict(list)
     for row in rows:
         tracker[row[1]].append(row)
@@ -170,7 +170,7 @@ def _dassl_fewshot(rows: list[fake.Row], num_shots: int) -> list[fake.Row]:
         if len(group) >= num_shots:
             out.extend(random.sample(group, num_shots))
         else:
-            out.extend(random.choices(group, k=num_shots))
+            out.extend(group)
     return out
 
 

@@ -73,7 +73,7 @@ def test_seed_mean_and_ci(runs: Path) -> None:
     assert average["mean"] == pytest.approx((72.0 + 61.0) / 2) and average["n_datasets"] == 2
     row = lb.fewshot.set_index("Method").loc["coop"]
     assert (row["toy-shapes"], row["Average"], row["Datasets"]) == ("72.00 ± 1.85 (n=3)", "66.50", "2/2")
-    columns = ["Backbone", "Method", "Shots", "toy-shapes", "toy-colors", "Average", "Datasets"]
+    columns = ["Backbone", "Precision", "Method", "Shots", "toy-shapes", "toy-colors", "Average", "Datasets"]
     assert list(lb.fewshot.columns) == columns  # datasets in suite order
 
 
@@ -170,24 +170,26 @@ def test_generated_splits_are_marked_up_to_the_average(tmp_path: Path) -> None:
 def test_reported_numbers_joined(runs: Path, tmp_path: Path) -> None:
     reported = tmp_path / "results" / "reported"
     reported.mkdir()
+    paper = 'paper,"Table 1, arXiv:2109.01134",arXiv:2109.01134,copied'
     (reported / "papers.csv").write_text(
-        "method,backbone,dataset,protocol,shots,space,accuracy,citation\n"
-        "coop,toy,toy-shapes,fewshot,16,all,71.5,Zhou et al. 2022\n"
-        "coop,toy,average,base2novel,16,HM,76.33,Zhou et al. 2022b\n"
-        "coop,toy,toy-objects,fewshot,16,all,10.0,never reproduced\n"
+        "method,backbone,protocol,dataset,shots,space,value,source,location,reference,how,primary\n"
+        f"coop,toy,fewshot,toy-shapes,16,all,71.5,{paper},yes\n"
+        f"coop,toy,fewshot,toy-shapes,16,all,99.0,{paper.replace('Table 1', 'Table 9')},no\n"
+        f"coop,toy,base2novel,Average,16,hm,76.33,{paper.replace('Table 1', 'Table 2')},yes\n"
+        f"coop,toy,fewshot,toy-objects,16,all,10.0,{paper},yes\n"
     )
     lb = build_leaderboard(runs, reported)
     comparison = lb.comparison.set_index("Space")
-    assert len(comparison) == 2
+    assert len(comparison) == 2  # the primary rows that match a reproduced cell; toy-objects has none
     assert comparison.loc["all", "Published"] == "71.50"
     assert comparison.loc["all", "Δ (reproduced − published)"] == "+0.50"  # 72.00 - 71.50
     assert comparison.loc["hm", "Δ (reproduced − published)"] == "-0.50"  # 75.83 - 76.33
-    assert comparison.loc["hm", "Citation"] == "Zhou et al. 2022b"
+    assert comparison.loc["hm", "Citation"] == "paper: Table 2, arXiv:2109.01134"
     shapes = cell(lb, protocol="fewshot", variant="coop", dataset="toy-shapes").iloc[0]
     assert shapes["reported"] == 71.5 and shapes["reported_diff"] == pytest.approx(0.5)
     assert "## Reproduced vs published" in to_markdown(lb)
     (reported / "bad.csv").write_text("method,accuracy\ncoop,1\n")
-    with pytest.raises(Exception, match="lacks column"):
+    with pytest.raises(Exception, match="missing column"):
         build_leaderboard(runs, reported)
 
 
@@ -239,3 +241,23 @@ def test_a_record_with_a_nan_metric_is_skipped_not_averaged(tmp_path: Path) -> N
     seeds = cell(lb, method="coop", dataset="toy-shapes", space="all", kind="seeds")
     assert (seeds["mean"].tolist(), seeds["n"].tolist()) == ([71.0], [2])  # (70 + 72) / 2, two seeds
     assert lb.n_records == 2
+
+
+def test_two_precisions_are_never_averaged_together(tmp_path: Path) -> None:
+    """fp32 seeds 70/72 and fp16 seed 90: two cells (and two rows), never one of 77.33."""
+    root = tmp_path / "runs"
+    for seed, acc in ((1, 70.0), (2, 72.0)):
+        record(root, "coop", "toy-shapes", seed, {"all": acc})
+    record(root, "coop", "toy-shapes", 1, {"all": 90.0}, precision="fp16", device="cuda")
+    lb = build_leaderboard(root)
+    seeds = cell(lb, method="coop", dataset="toy-shapes", kind="seeds").set_index("precision")
+    assert seeds.loc["fp32", "mean"] == 71.0 and seeds.loc["fp16", "mean"] == 90.0
+    assert seeds.loc["fp32", "n"] == 2 and seeds.loc["fp16", "n"] == 1
+    assert sorted(lb.fewshot["Precision"]) == ["fp16", "fp32"]
+    summary = summary_table(
+        [
+            RunResult(RunSpec("coop", "toy-shapes", precision=p), metrics={"all": a})
+            for p, a in (("fp32", 70.0), ("fp16", 90.0))
+        ]
+    )
+    assert sorted(summary["accuracy"]) == [70.0, 90.0]

@@ -230,11 +230,11 @@ def show_plan(plan: SweepPlan) -> None:
             f" · {spec.protocol} · {spec.shots} shots · seeds {seeds} · ",
             ("data missing: " + ", ".join(absent), "yellow") if absent else ("data present", "green"),
         )
-        console.print(head)
+        console.print(head, soft_wrap=True)
         config = " ".join(
             f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in first.config.to_dict().items()
         )
-        console.print(Text("  " + config))
+        console.print(Text("  " + config), soft_wrap=True)  # one line: it greps whole
     for name, hint in missing.items():
         err_console.print(Text(f"{name}: missing — {hint}", style="yellow"))
 

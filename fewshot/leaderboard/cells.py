@@ -243,7 +243,7 @@ def join_reported(cells: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:
     is primary and the others are kept for reference).
     """
     on = ["protocol", "backbone", "variant", "dataset", "shots", "space"]
-    primary = reported[reported["primary"]] if "primary" in reported else reported
+    primary = reported[reported["primary"].astype(bool)]
     published = primary.rename(columns={"method": "variant", "accuracy": "reported"})[
         [*on, "reported", "citation"]
     ]

@@ -324,4 +324,4 @@ def build_leaderboard(results_dir: Path, reported_dir: Path | None = None) -> Le
 def _no_reported() -> pd.DataFrame:
     import pandas as pd
 
-    return pd.DataFrame(columns=[*REPORTED_COLUMNS, "accuracy", "citation", "primary"])
+    return pd.DataFrame(columns=[*REPORTED_COLUMNS, "accuracy", "citation"])
