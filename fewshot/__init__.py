@@ -50,7 +50,7 @@ def sweep(
     """Run a plan (or the plan of ``options``, as :func:`plan` takes them), writing one
     record per run under ``results_dir`` and skipping runs already recorded; returns the
     results in plan order (failed runs have ``ok`` false and an ``error``)."""
-    from fewshot import runner
+    from fewshot import sweeps
     from fewshot.features import FeatureCache
     from fewshot.planning import SweepPlan
 
@@ -58,7 +58,7 @@ def sweep(
         plan = SweepPlan.from_options(options.pop("methods", None), options.pop("datasets", None), **options)
     elif options:
         raise TypeError(f"sweep() takes a plan or plan options, not both (got {', '.join(options)}).")
-    return runner.sweep(plan, results_dir=Path(results_dir), cache=FeatureCache(cache_dir))
+    return sweeps.sweep(plan, results_dir=Path(results_dir), cache=FeatureCache(cache_dir))
 
 
 def run(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from fewshot.runner import sweep
+from fewshot.sweeps import sweep
 from fewshot.types import RunResult, RunSpec
 
 SEEDS = (1, 2, 3)

@@ -1,5 +1,5 @@
 """The CLI through typer's CliRunner: validation before any run, the RunSpecs it builds
-(with ``fewshot.runner.sweep`` patched), list, leaderboard and cache commands.
+(with ``fewshot.sweeps.sweep`` patched), list, leaderboard and cache commands.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import fewshot
-import fewshot.runner
+import fewshot.sweeps
 from fewshot.cli import app
 from fewshot.planning import SweepPlan
 from fewshot.results import write_record
@@ -29,7 +29,7 @@ def sweep_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[st
         calls.append({"specs": plan.specs, "data_root": plan.data_root, "plan": plan, **kwargs})
         return [RunResult(s, metrics={"all": 50.0 + s.seed}) for s in plan.specs]
 
-    monkeypatch.setattr(fewshot.runner, "sweep", fake_sweep)
+    monkeypatch.setattr(fewshot.sweeps, "sweep", fake_sweep)
     monkeypatch.delenv("FEWSHOT_DATA", raising=False)
     monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
     return calls
@@ -171,11 +171,13 @@ def test_dry_run_shows_each_datasets_resolved_config_without_data(
 
 
 def test_dry_run_shows_promptsrc_gpa_per_dataset(sweep_calls: list) -> None:
-    b2n = runner.invoke(app, "run -m promptsrc --protocol base2novel --suite coop11 --dry-run".split())
+    b2n = runner.invoke(
+        app, ["run", "-m", "promptsrc", "--protocol", "base2novel", "--suite", "coop11", "--dry-run"]
+    )
     assert b2n.exit_code == 0, b2n.output
     blocks = dry_run_blocks(b2n.output)
     assert len(blocks) == 11 and all("gpa_mean=15.0 gpa_std=1.0" in b for b in blocks.values())
-    few = runner.invoke(app, "run -m promptsrc --suite coop11 --shots 4 --dry-run".split())
+    few = runner.invoke(app, ["run", "-m", "promptsrc", "--suite", "coop11", "--shots", "4", "--dry-run"])
     blocks = dry_run_blocks(few.output)
     assert "gpa_mean=45.0 gpa_std=5.0" in blocks["dtd"] and "gpa_mean=30.0 gpa_std=30.0" in blocks["imagenet"]
     assert sweep_calls == []
@@ -236,7 +238,7 @@ def test_run_exits_1_when_runs_fail(
             RunResult(s, metrics={"all": 1.0}) for s in specs[1:]
         ]
 
-    monkeypatch.setattr(fewshot.runner, "sweep", failing)
+    monkeypatch.setattr(fewshot.sweeps, "sweep", failing)
     results = tmp_path / "runs"
     out = runner.invoke(app, ["run", "-m", "coop", "-d", "toy-shapes", "--results", str(results)])
     assert out.exit_code == 1
@@ -247,7 +249,7 @@ def test_fewshot_errors_become_one_red_line(monkeypatch: pytest.MonkeyPatch, swe
     def raising(plan: SweepPlan, **kwargs: Any) -> list[RunResult]:
         raise fewshot.types.FewshotError("Datasets missing: put them there.")
 
-    monkeypatch.setattr(fewshot.runner, "sweep", raising)
+    monkeypatch.setattr(fewshot.sweeps, "sweep", raising)
     out = runner.invoke(app, ["run", "-m", "coop", "-d", "toy-shapes"])
     assert out.exit_code == 2 and error_lines(out.output) == ["Error: Datasets missing: put them there."]
 

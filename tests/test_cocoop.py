@@ -16,7 +16,7 @@ from fewshot.methods.cocoop import CoCoOp, CoCoOpConfig
 from fewshot.methods.coop import CoOp, CoOpConfig
 from fewshot.prompting import assemble_prompts
 from fewshot.prompting import prompts as prompts_module
-from fewshot.runner import sweep
+from fewshot.sweeps import sweep
 from fewshot.testing import make_fit_context, make_query_batch
 from fewshot.types import PROTOCOLS, ConfigError, RunSpec
 

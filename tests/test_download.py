@@ -26,7 +26,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from fewshot.cli.data import data_app
-from fewshot.datasets import download
+from fewshot.datasets import extract
 from fewshot.datasets.base import DatasetError
 from fewshot.datasets.download import (
     RECIPES,
@@ -501,12 +501,12 @@ def test_a_highly_compressible_archive_is_refused_by_the_ratio_limit(tmp_path: P
 def test_limits_hold_while_extracting_even_if_the_headers_understate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    class LyingHeaders(download._Budget):  # the header pass sees nothing to refuse
+    class LyingHeaders(extract._Budget):  # the header pass sees nothing to refuse
         def charge(self, nbytes: int) -> None:
             if self.verb != "declare":
                 super().charge(nbytes)
 
-    monkeypatch.setattr(download, "_Budget", LyingHeaders)
+    monkeypatch.setattr(extract, "_Budget", LyingHeaders)
     with pytest.raises(ExtractLimitError, match=r"its members wrote over .* max_ratio = 200:1"):
         extract_archive(write_archive(tmp_path, kind, ZEROS), tmp_path / "out")
 
@@ -545,7 +545,7 @@ def test_a_lowered_total_limit_refuses_a_normal_archive(
 
 def test_the_module_constants_are_the_default_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = write_archive(tmp_path, "tar.gz", PET_IMAGES)
-    monkeypatch.setattr(download, "MAX_EXTRACT_BYTES", 40_000)
+    monkeypatch.setattr(extract, "MAX_EXTRACT_BYTES", 40_000)
     with pytest.raises(ExtractLimitError, match="max_total_bytes = 40,000"):
         extract_archive(archive, tmp_path / "a")
     extract_archive(archive, tmp_path / "b", limits=ExtractLimits(max_total_bytes=80_000, max_ratio=2))

@@ -14,7 +14,7 @@ import pytest
 
 from fewshot import runner
 from fewshot.datasets import SUITES
-from fewshot.runner import sweep
+from fewshot.sweeps import sweep
 from fewshot.types import RunResult, RunSpec
 
 TOY = SUITES["toy"]

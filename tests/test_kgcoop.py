@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from fewshot.methods.coop import CoOp, CoOpConfig
 from fewshot.methods.kgcoop import KgCoOp, KgCoOpConfig
-from fewshot.runner import sweep
+from fewshot.sweeps import sweep
 from fewshot.testing import make_fit_context, make_query_batch
 from fewshot.types import PROTOCOLS, ConfigError, RunSpec
 

@@ -16,7 +16,7 @@ from fewshot.datasets import get_dataset
 from fewshot.leaderboard import build_leaderboard
 from fewshot.protocols import transfer_plan
 from fewshot.results import read_record
-from fewshot.runner import sweep
+from fewshot.sweeps import sweep
 from fewshot.types import ConfigError, RunSpec
 
 

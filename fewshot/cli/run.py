@@ -180,11 +180,11 @@ def run_command(
 
 
 def _sweep(plan: SweepPlan, results: Path, cache_dir: Path | None) -> None:
-    from fewshot import runner
+    from fewshot import sweeps
     from fewshot.features import FeatureCache
     from fewshot.leaderboard import summary_table
 
-    outcomes = runner.sweep(plan, results_dir=results, cache=FeatureCache(cache_dir), console=console)
+    outcomes = sweeps.sweep(plan, results_dir=results, cache=FeatureCache(cache_dir), console=console)
     if outcomes:
         title = "Summary (mean over seeds)"
         console.print(frame_table(summary_table(outcomes), title, ("backbone", "protocol", "precision")))
