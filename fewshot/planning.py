@@ -37,6 +37,7 @@ from fewshot.types import (
     AdapterConfig,
     BackboneSpec,
     ConfigError,
+    FewshotError,
     RunSpec,
 )
 
@@ -275,7 +276,7 @@ class _Builder:
     def check(self, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
-        except ConfigError as exc:
+        except FewshotError as exc:
             self.problems.extend(exc.problems if isinstance(exc, PlanError) else [str(exc)])
             return None
 
