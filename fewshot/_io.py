@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "ensure_writable_dir"]
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -79,3 +79,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     atomic_write(path, lambda fh: fh.write(data), binary=True)
+
+
+def ensure_writable_dir(path: Path, what: str, fix: str) -> None:
+    """Create ``path`` if needed and check that files can be written in it; otherwise raise
+    one :class:`~fewshot.types.FewshotError` line naming ``what``, the path and ``fix``."""
+    from fewshot.types import FewshotError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FewshotError(f"{what} {path} is a file, not a folder: {fix}.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, name = _create_temp(path / "write-check")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise FewshotError(f"{what} {path} is not writable ({exc.strerror or exc}): {fix}.") from None

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fewshot._io import atomic_write_bytes
+from fewshot._io import atomic_write_bytes, ensure_writable_dir
 from fewshot.precision import autocast_dtype
 from fewshot.types import (
     BackboneSpec,
@@ -177,6 +177,12 @@ class FeatureCache:
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.root)!r})"
+
+    def check_usable(self) -> None:
+        """Raise one clear error now if entries cannot be written under the root (a file in
+        its place, no permission, a read-only disk), instead of failing every run later."""
+        fix = "pass --cache-dir DIR or set $FEWSHOT_CACHE to a folder you can write, or use --no-cache"
+        ensure_writable_dir(self.root, "The feature cache", fix)
 
     def path(self, key: FeatureKey) -> Path:
         """The tensor file of ``key``'s entry (the sidecar is the same path with ``.json``)."""

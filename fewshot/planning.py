@@ -25,6 +25,7 @@ before its first run and ``--dry-run`` skips (it marks missing datasets instead)
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,8 +183,27 @@ class SweepPlan:
             )
             lines = [f"{name}: missing — {hint}" for name, hint in missing.items()]
             raise ConfigError(unset + "Datasets missing:\n  " + "\n  ".join(lines))
+        self._check_shots_fit()
         for backbone, device in sorted({(s.backbone, s.device) for s in self.specs}):
             load_backbone(backbone, device)
+
+    def _check_shots_fit(self) -> None:
+        """Shots above a dataset's largest class are refused before anything is sampled: every
+        class would keep all its images, so such a K only pretends to be a setting."""
+        from fewshot.datasets import get_dataset
+
+        problems = []
+        for name in dict.fromkeys(s.dataset for s in self.specs):
+            asked = max(s.shots for s in self.specs if s.dataset == name)
+            counts = Counter(get_dataset(name, self.data_root).splits().train.labels)
+            largest = max(counts.values(), default=0)
+            if asked > largest:
+                problems.append(
+                    f"--shots {asked} is more than {name} has in its largest class ({largest} train "
+                    f"images): the largest usable value is {largest}."
+                )
+        if problems:
+            raise PlanError(problems)
 
 
 # ------------------------------------------------------------------------------------------
@@ -337,10 +357,12 @@ class _Builder:
         """The grid methods x datasets x shots x seeds, each config resolved once."""
         self._check_set_keys(classes, settings)
         fits: list[PlannedFit] = []
-        for method in classes:
+        for method, cls in classes.items():
             overrides = tuple(sorted(settings.get(method, {}).items()))
+            # A method that reads no support images gives one result per (dataset, seed): 0 shots.
+            method_shots = shots if cls.uses_support else [0]
             for dataset in datasets:
-                for k in shots:
+                for k in method_shots:
                     first = RunSpec(method, dataset, shots=k, overrides=overrides, **common)
                     config = self.check(_config_of, first)
                     if config is None:

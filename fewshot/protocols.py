@@ -110,7 +110,8 @@ class Subset:
 
 
 def _check_shots(shots: int) -> None:
-    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+    """K >= 1; K = 0 (no support set) serves methods that read no support images."""
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
         raise ConfigError(f"shots must be a positive integer, got {shots!r}. Standard: 1,2,4,8,16.")
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "PROVENANCE_KEYS",
     "RECORD_COLUMNS",
     "SCHEMA_VERSION",
+    "NewerRecordError",
     "collect_provenance",
     "find_record",
     "iter_records",
@@ -68,6 +69,8 @@ PROVENANCE_KEYS = (
     "split_source",
     "backbone_digest",
     "method_origin",  # {kind, target, distribution, version}
+    "method_version",
+    "code_digest",  # fewshot.codeid: the method's code, comments and docstrings excluded
 )
 
 COST_KEYS = ("wall_time_s", "fit_time_s", "peak_memory_mb", "trainable_params", "images_encoded")
@@ -151,7 +154,7 @@ def read_record(path: Path) -> RunResult:
         )
     schema = data.get("schema_version", 1)
     if not isinstance(schema, int) or schema > SCHEMA_VERSION:
-        raise FewshotError(
+        raise NewerRecordError(
             f"Result record {path} has schema version {schema!r}; this fewshot reads up to "
             f"{SCHEMA_VERSION}. Upgrade fewshot to read it."
         )
@@ -162,6 +165,10 @@ def read_record(path: Path) -> RunResult:
             f"Result record {path} does not match the record format ({type(exc).__name__}: {exc}). "
             "Delete it to re-run that run."
         ) from None
+
+
+class NewerRecordError(FewshotError):
+    """A record written by a newer fewshot: it is never read as something else, nor overwritten."""
 
 
 def _non_finite(value: Any, where: str = "") -> str | None:
@@ -182,13 +189,16 @@ def find_record(spec: RunSpec, results_dir: Path) -> RunResult | None:
     Returns ``None`` when there is no file, when the file belongs to a different spec hash
     (e.g. other evaluation targets), or when it is unreadable (a warning names it; the file
     is left in place and will be replaced atomically by the new run). Failure records are
-    returned as they are: ``result.ok`` tells the caller whether to retry.
+    returned as they are: ``result.ok`` tells the caller whether to retry. A record of a
+    newer schema raises :class:`NewerRecordError`: it must not be overwritten.
     """
     path = spec.record_path(results_dir)
     if not path.is_file():
         return None
     try:
         result = read_record(path)
+    except NewerRecordError:
+        raise
     except FewshotError as exc:
         warnings.warn(str(exc), stacklevel=2)
         return None
@@ -201,8 +211,8 @@ def _iter_paths(results_dir: Path) -> Iterator[tuple[Path, RunResult]]:
         return
     # Sorted so that every consumer (leaderboard, tests) sees records in the same order.
     for path in sorted(root.rglob("*.json")):
-        if path.name.startswith("."):
-            continue  # temp files of writes in progress
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue  # temp files of writes in progress, and the .history folder
         try:
             yield path, read_record(path)
         except FewshotError as exc:

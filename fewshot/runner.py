@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from fewshot.codeid import code_digest
 from fewshot.precision import AutocastFactory, autocast_for
 from fewshot.types import (
     AdapterConfig,
@@ -302,6 +303,7 @@ def fit(prepared: Prepared) -> Fitted:
     }
     provenance = _provenance(prepared)
     provenance["method_version"] = method_cls.version
+    provenance["code_digest"] = code_digest(method_cls)
     return Fitted(prepared, adapter, fit_end, costs, _extra_costs(adapter), provenance)
 
 

@@ -2,22 +2,38 @@
 
 ``sweep(plan)`` runs a :class:`~fewshot.planning.SweepPlan` (a list of specs is planned
 first, and validated the same way), one fit at a time through :func:`fewshot.runner.run_fit`,
-and writes each record atomically under the results folder. A run whose record exists with
-the same spec hash is skipped, so a killed sweep resumes where it stopped; a run that fails
-writes a failure record and the sweep goes on.
+and writes each record atomically under the results folder.
+
+- A run whose record exists with the same spec hash, made by the same code
+  (``provenance.code_digest``, :mod:`fewshot.codeid`), is skipped: a killed sweep resumes
+  where it stopped. A record made by other code is *stale*: it is rerun by default
+  (``rerun="stale"``), every selected run with ``rerun="all"`` (``--force``), none with
+  ``rerun="none"`` (``--no-rerun-stale``). A replaced record is first copied to
+  ``<results>/.history/``; nothing is overwritten in place.
+- A run that fails writes a failure record and the sweep goes on. A record that cannot be
+  written (a folder in its place, no permission) fails that run, with the reason; a full disk
+  stops the sweep with one line saying what was saved. A record written by a newer fewshot is
+  kept and never overwritten.
+- The results folder and the feature cache are checked before the first run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from fewshot import runner
-from fewshot.types import RunResult, RunSpec
+from fewshot._io import atomic_write_bytes, ensure_writable_dir
+from fewshot.codeid import code_digest
+from fewshot.results import NewerRecordError, find_record, write_record
+from fewshot.types import FewshotError, RunResult, RunSpec
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -26,7 +42,22 @@ if TYPE_CHECKING:
     from fewshot.planning import SweepPlan
     from fewshot.runner import ProgressFn
 
-__all__ = ["sweep"]
+__all__ = ["RERUN", "DiskFullError", "SweepInterrupted", "sweep"]
+
+RERUN = ("stale", "all", "none")
+HISTORY = ".history"
+
+
+class DiskFullError(FewshotError):
+    """The disk filled up while writing a record; the sweep stopped."""
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep; ``written`` records were written before it."""
+
+    def __init__(self, written: int, results_dir: Path) -> None:
+        super().__init__(written, results_dir)
+        self.written, self.results_dir = written, results_dir
 
 
 def sweep(
@@ -36,61 +67,114 @@ def sweep(
     data_root: Path | None = None,
     cache: FeatureCache | None = None,
     console: Console | None = None,
+    rerun: str = "stale",
 ) -> list[RunResult]:
-    """Run every fit of ``plan``, writing one record per run; skip runs already recorded.
-
-    A list of specs is turned into a plan first (:meth:`SweepPlan.from_specs`), so it is
-    validated the same way. Everything that needs data or weights (datasets present,
-    backbones loadable) is checked before the first run, so bad input fails before anything
-    is written. A run that raises writes a failure record and the sweep goes on.
-    """
+    """Run every fit of ``plan``, writing one record per run; skip runs already recorded by
+    the same code (see the module docstring for ``rerun``). ``data_root`` is for a list of
+    specs (a plan carries its own). Returns the results in plan order."""
     from rich.console import Console
 
     from fewshot.features import FeatureCache
     from fewshot.planning import SweepPlan
 
+    if rerun not in RERUN:
+        raise ValueError(f"rerun must be one of {', '.join(RERUN)}, got {rerun!r}.")
     if not isinstance(plan, SweepPlan):
         plan = SweepPlan.from_specs(plan, data_root=data_root)
     console = console or Console(stderr=True)
     cache = cache if cache is not None else FeatureCache()
-    plan.check_ready()
-    done: dict[RunSpec, RunResult] = {}
-    with _SweepProgress(console, len(plan.fits)) as bar, _threads_for(plan.specs):
-        for planned in plan.fits:
-            done.update(_run_planned(planned.records, results_dir, plan.data_root, cache, bar))
-    return [done[spec] for spec in plan.specs]
+    plan.check_ready()  # reads only: nothing is created for input that is refused
+    fix = "pass --results DIR (a folder you can write)"
+    ensure_writable_dir(Path(results_dir), "The results folder", fix)
+    cache.check_usable()
+    state = _Sweep(Path(results_dir), plan.data_root, cache, rerun)
+    try:
+        with _SweepProgress(console, len(plan.fits)) as bar, _threads_for(plan.specs):
+            for planned in plan.fits:
+                state.run(planned.records, bar)
+    except KeyboardInterrupt as exc:
+        raise SweepInterrupted(state.written, Path(results_dir)) from exc
+    return [state.done[spec] for spec in plan.specs]
 
 
-def _run_planned(
-    records: Sequence[RunSpec],
-    results_dir: Path,
-    data_root: Path | None,
-    cache: FeatureCache,
-    bar: _SweepProgress,
-) -> dict[RunSpec, RunResult]:
-    """One fit of a sweep: records already written are reused, the others run and are written."""
-    from fewshot.results import find_record, write_record
+@dataclass
+class _Sweep:
+    """The state of one sweep: what is done, and how many records it wrote."""
 
-    out: dict[RunSpec, RunResult] = {}
-    todo: list[RunSpec] = []
-    for spec in dict.fromkeys(records):
-        previous = find_record(spec, results_dir)
-        if previous is not None and previous.ok:
-            out[spec] = previous
+    results_dir: Path
+    data_root: Path | None
+    cache: FeatureCache
+    rerun: str
+    done: dict[RunSpec, RunResult] = field(default_factory=dict)
+    written: int = 0
+    digests: dict[str, str] = field(default_factory=dict)
+
+    def run(self, records: Sequence[RunSpec], bar: _SweepProgress) -> None:
+        """One fit: reuse what is recorded, run the rest, write their records."""
+        todo = [spec for spec in dict.fromkeys(records) if not self._reuse(spec)]
+        fit_spec = records[0].fit_spec
+        head = f"{fit_spec.variant} {fit_spec.dataset} k{fit_spec.shots} s{fit_spec.seed}"
+        if not todo:
+            bar.advance(f"{head}: recorded, skipped")
+            return
+        bar.start(head)
+        results = _run_or_fail(todo, self.data_root, self.cache, bar.epochs)
+        results = [self._write(spec, result) for spec, result in zip(todo, results, strict=True)]
+        bar.advance("\n".join(_one_line(result) for result in results))
+
+    def _reuse(self, spec: RunSpec) -> bool:
+        """Keep the recorded result of ``spec`` if it stands; False when it must run."""
+        try:
+            previous = find_record(spec, self.results_dir)
+        except NewerRecordError as exc:  # never overwritten: reported as not run
+            self.done[spec] = RunResult(spec, "failed", error=f"kept, not rerun: {exc}")
+            return True
+        if previous is None or not previous.ok or self.rerun == "all":
+            return False
+        stale = previous.provenance.get("code_digest") != self._digest(spec.method)
+        if stale and self.rerun == "stale":
+            return False
+        self.done[spec] = previous
+        return True
+
+    def _digest(self, method: str) -> str:
+        if method not in self.digests:
+            from fewshot.methods import METHODS
+
+            self.digests[method] = code_digest(METHODS.get(method))
+        return self.digests[method]
+
+    def _write(self, spec: RunSpec, result: RunResult) -> RunResult:
+        """Write a run's record (the one it replaces goes to history first); a write that
+        fails makes the run a failure, a full disk stops the sweep."""
+        path = result.spec.record_path(self.results_dir)
+        try:
+            _to_history(path, self.results_dir)
+            write_record(result, path)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(
+                    f"The disk is full writing {path} ({exc.strerror}). {self.written} records of this "
+                    f"sweep are in {self.results_dir}, intact; free space and rerun the same command "
+                    "to resume (recorded runs are skipped)."
+                ) from None
+            result = RunResult(
+                result.spec, "failed", error=f"its record could not be written to {path}: {exc}"
+            )
         else:
-            todo.append(spec)
-    fit_spec = records[0].fit_spec
-    head = f"{fit_spec.variant} {fit_spec.dataset} k{fit_spec.shots} s{fit_spec.seed}"
-    if not todo:
-        bar.advance(f"{head}: recorded, skipped")
-        return out
-    bar.start(head)
-    results = _run_or_fail(todo, data_root, cache, bar.epochs)
-    for spec, result in zip(todo, results, strict=True):
-        write_record(result, result.spec.record_path(results_dir))
-        out[spec] = result
-    bar.advance("\n".join(_one_line(result) for result in results))
-    return out
+            self.written += 1
+        self.done[spec] = result
+        return result
+
+
+def _to_history(path: Path, results_dir: Path) -> None:
+    """Copy the record at ``path`` (if any) to ``<results>/.history/`` with a time stamp."""
+    if not path.is_file():
+        return
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    relative = path.relative_to(results_dir)
+    target = results_dir / HISTORY / relative.parent / f"{relative.stem}.{stamp}.json"
+    atomic_write_bytes(target, path.read_bytes())
 
 
 @contextlib.contextmanager

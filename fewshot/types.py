@@ -416,8 +416,11 @@ class RunSpec:
     precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast), resolved from --precision by the plan
 
     def __post_init__(self) -> None:
-        if self.shots < 1:
-            raise ConfigError(f"--shots must be a positive integer, got {self.shots}. Standard: 1,2,4,8,16.")
+        if self.shots < 0:
+            raise ConfigError(
+                f"--shots must be a positive integer (0 only for methods that read no support "
+                f"images), got {self.shots}. Standard: 1,2,4,8,16."
+            )
         if self.protocol not in PROTOCOLS:
             close = difflib.get_close_matches(self.protocol, PROTOCOLS, n=1)
             hint = f" Did you mean {close[0]}?" if close else ""

@@ -115,7 +115,9 @@ def test_run_defaults_to_toy_suite_with_one_notice(sweep_calls: list, tmp_path: 
     assert [s.dataset for s in specs[:12:3]] == toy  # method-major, then dataset, then seeds
     assert {s.method for s in specs} == {"zeroshot", "linear-probe", "coop"}
     assert len(specs) == 3 * 4 * 1 * 3
-    assert {(s.backbone, s.shots, s.protocol, s.aug_views) for s in specs} == {("toy", 16, "fewshot", 10)}
+    # Zero-shot reads no support images: planned once per (dataset, seed), at 0 shots.
+    assert {(s.method, s.shots) for s in specs} == {("zeroshot", 0), ("linear-probe", 16), ("coop", 16)}
+    assert {(s.backbone, s.protocol, s.aug_views) for s in specs} == {("toy", "fewshot", 10)}
     assert sorted({s.seed for s in specs}) == [1, 2, 3]
     notices = [line for line in out.output.splitlines() if "No dataset given" in line]
     assert len(notices) == 1

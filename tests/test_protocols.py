@@ -149,7 +149,9 @@ def test_seeds_differ(splits: Splits) -> None:
 
 def test_bad_shots_and_protocol(splits: Splits) -> None:
     with pytest.raises(ConfigError, match="shots"):
-        make_task(SPEC, splits, "fewshot", 0, 1)
+        make_task(SPEC, splits, "fewshot", -1, 1)
+    empty = make_task(SPEC, splits, "fewshot", 0, 1)  # zero-shot: no support, no val
+    assert empty.train_ids == () and empty.val_ids == ()
     with pytest.raises(ConfigError, match="protocol"):
         make_task(SPEC, splits, "zero-shot-magic", 4, 1)
 

@@ -127,11 +127,12 @@ def test_cli_domain_generalization_on_the_toy_suite_and_leaderboard(tmp_path: Pa
     )
     assert result.exit_code == 0, result.output
     records = sorted(p.name for p in runs.rglob("*.json"))
+    # Zero-shot reads no support images: planned at 0 shots whatever --shots says.
     assert records == [
-        "domain-generalization-k2-s1-to-toy-shapes-sketch.json",
-        "domain-generalization-k2-s1.json",
-        "domain-generalization-k2-s2-to-toy-shapes-sketch.json",
-        "domain-generalization-k2-s2.json",
+        "domain-generalization-k0-s1-to-toy-shapes-sketch.json",
+        "domain-generalization-k0-s1.json",
+        "domain-generalization-k0-s2-to-toy-shapes-sketch.json",
+        "domain-generalization-k0-s2.json",
     ]
     assert all(p.parent.parent.parent.name == "toy-shapes" for p in runs.rglob("*.json"))
     lb = build_leaderboard(runs)

@@ -88,7 +88,8 @@ def test_config_unknown_key_and_bad_value() -> None:
 
 def test_run_spec_validation_variant_and_paths(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--shots"):
-        RunSpec("coop", "toy-shapes", shots=0)
+        RunSpec("coop", "toy-shapes", shots=-1)
+    assert RunSpec("zeroshot", "toy-shapes", shots=0).shots == 0  # methods that read no support
     with pytest.raises(ConfigError, match="Did you mean base2novel"):
         RunSpec("coop", "toy-shapes", protocol="base2nove")
     plain = RunSpec("coop", "toy-shapes", shots=16, seed=2)

@@ -11,12 +11,14 @@ inside a command, it is printed as one red line (no traceback) and the exit code
 A sweep with failed runs exits 1.
 """
 
-from typing import Annotated
+import warnings
+from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 import fewshot
-from fewshot.cli._common import ErrorGroup, console
+from fewshot.cli._common import ErrorGroup, console, err_console
 from fewshot.cli.cache import cache_app
 from fewshot.cli.data import data_app
 from fewshot.cli.leaderboard import leaderboard_command
@@ -32,7 +34,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_show_locals=False,
 )
 app.command("run")(run_command)
@@ -57,6 +59,13 @@ def _root(
     """Few-shot adaptation of CLIP-like models: run methods, build the leaderboard."""
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Warnings print as one line through the CLI's console (no source line, no markup)."""
+    text = " ".join(str(message).split())
+    err_console.print(Text.assemble(("Warning: ", "bold yellow"), (text, "yellow")), soft_wrap=True)
+
+
 def main() -> None:
     """Console entry point ``fewshot``."""
+    warnings.showwarning = _show_warning
     app()

@@ -6,6 +6,9 @@ the builder the Python API uses too; every input is checked there before anythin
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -29,11 +32,13 @@ from fewshot.precision import PRECISIONS
 from fewshot.types import PROTOCOLS
 
 if TYPE_CHECKING:
+    from fewshot.features import FeatureCache
     from fewshot.planning import PlannedFit
 
 __all__ = ["run_command"]
 
 FAILED_RUNS_EXIT = 1
+INTERRUPTED_EXIT = 130  # as a shell reports a command ended by Ctrl-C
 TOY_NOTICE = (
     "No dataset given and $FEWSHOT_DATA unset: running the toy suite on {backbone}. "
     "Use --suite coop11 --backbone ViT-B-16:openai --data-root DIR for the real benchmark."
@@ -113,6 +118,23 @@ SetOpt = Annotated[
         help="Config override for every method, or METHOD.key=value; repeatable.",
     ),
 ]
+ForceOpt = Annotated[
+    bool,
+    opt(
+        "--force", help="Rerun every selected run, even those recorded (old records go to RESULTS/.history/)."
+    ),
+]
+NoRerunStaleOpt = Annotated[
+    bool,
+    opt(
+        "--no-rerun-stale",
+        help="Keep records made by other code (a changed method) instead of rerunning them.",
+    ),
+]
+NoCacheOpt = Annotated[
+    bool,
+    opt("--no-cache", help="Compute features in a temporary folder, removed at the end (no cache kept)."),
+]
 DryRunOpt = Annotated[
     bool,
     opt(
@@ -139,13 +161,17 @@ def run_command(
     set_: SetOpt = None,
     data_root: DataRootOpt = None,
     cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    force: ForceOpt = False,
+    no_rerun_stale: NoRerunStaleOpt = False,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Run methods x datasets x shots x seeds; one record per run; a summary at the end.
 
-    Runs already recorded (same spec) are skipped, so an interrupted sweep resumes. With
-    --protocol cross-dataset or domain-generalization, each method is fitted once on the
-    source and scored on it and on every target: one record each.
+    Runs already recorded (same spec, same code) are skipped, so an interrupted sweep
+    resumes; a record made by other code (an edited method) is rerun unless --no-rerun-stale.
+    With --protocol cross-dataset or domain-generalization, each method is fitted once on
+    the source and scored on it and on every target: one record each.
     """
     names = split_list(dataset) + split_list(suite)
     if not names and data_root is not None:
@@ -173,18 +199,44 @@ def run_command(
     if dry_run:
         show_plan(plan)
         return
+    if force and no_rerun_stale:
+        print_error("--force reruns every run and --no-rerun-stale keeps stale ones: give one of them.")
+        raise typer.Exit(USER_ERROR_EXIT)
     if plan.toy_default:
         where = "the bundled toy backbone" if backbone == "toy" else f"backbone {backbone}"
         err_console.print(Text(TOY_NOTICE.format(backbone=where), style="yellow"))
-    _sweep(plan, results, cache_dir)
+    rerun = "all" if force else "none" if no_rerun_stale else "stale"
+    with _feature_cache(cache_dir, no_cache) as cache:
+        _sweep(plan, results, cache, rerun)
 
 
-def _sweep(plan: SweepPlan, results: Path, cache_dir: Path | None) -> None:
-    from fewshot import sweeps
+@contextlib.contextmanager
+def _feature_cache(cache_dir: Path | None, no_cache: bool) -> Iterator[FeatureCache]:
+    """The feature cache of the sweep; with --no-cache a temporary one, removed at the end."""
     from fewshot.features import FeatureCache
+
+    if not no_cache:
+        yield FeatureCache(cache_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="fewshot-no-cache-") as folder:
+        yield FeatureCache(folder)
+
+
+def _sweep(plan: SweepPlan, results: Path, cache: FeatureCache, rerun: str) -> None:
+    from fewshot import sweeps
     from fewshot.leaderboard import summary_table
 
-    outcomes = sweeps.sweep(plan, results_dir=results, cache=FeatureCache(cache_dir), console=console)
+    try:
+        outcomes = sweeps.sweep(plan, results_dir=results, cache=cache, console=console, rerun=rerun)
+    except sweeps.SweepInterrupted as stop:
+        err_console.print(
+            Text(
+                f"Interrupted: {stop.written} records of this sweep were written to {stop.results_dir}. "
+                "Rerun the same command to resume: recorded runs are skipped.",
+                style="yellow",
+            )
+        )
+        raise typer.Exit(INTERRUPTED_EXIT) from None
     if outcomes:
         title = "Summary (mean over seeds)"
         console.print(frame_table(summary_table(outcomes), title, ("backbone", "protocol", "precision")))

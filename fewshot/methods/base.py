@@ -115,6 +115,9 @@ class Adapter(abc.ABC):
     needs: ClassVar[Needs] = Needs.FEATURES
     supports_novel: bool = True  # can it classify class names it was not trained on? (may be per instance)
     protocols: ClassVar[tuple[str, ...]] = PROTOCOLS  # the protocols it can be run under
+    # False for methods whose fit reads no support image (zero-shot, training-free scorers):
+    # their result does not depend on the shot count, so a sweep plans them once, at 0 shots.
+    uses_support: ClassVar[bool] = True
     version: ClassVar[str] = "1"  # bump when a change alters results; runs of two versions never average
 
     def __init__(self, config: AdapterConfig | None = None) -> None:

@@ -72,6 +72,7 @@ class ZeroShot(Adapter):
     config_cls = ZeroShotConfig
     needs = Needs.FEATURES
     supports_novel = True
+    uses_support = False  # one result per (dataset, seed), whatever the shot count
     config: ZeroShotConfig
 
     def __init__(self, config: ZeroShotConfig | None = None) -> None:
