@@ -1,6 +1,6 @@
 """Metrics: overall top-1 accuracy, harmonic mean, and aggregation over seeds.
 
-Conventions follow the CoOp code base (METHODS.md §1.2-1.3):
+Conventions follow the CoOp code base (docs/methods.md#few-shot and #base-to-novel):
 
 - accuracy is *overall* top-1 over all test images (Dassl's ``Classification`` evaluator),
   in percent, not mean per-class accuracy;

@@ -1,7 +1,7 @@
 """Evaluation protocols: Dassl few-shot sampling, label spaces, and stored subsets.
 
-Sampling (METHODS.md §1.1), so that seed ``s`` picks the same images as the CoOp code base
-given the same split:
+Sampling (docs/design.md#few-shot-subsets), so that seed ``s`` picks the same images as the
+CoOp code base given the same split:
 
 1. ``rng = random.Random(seed)`` (Dassl seeds Python's global ``random`` with the run seed
    right before sampling, and nothing else draws from it in between).
@@ -21,11 +21,11 @@ given the same split:
 ``random.sample`` draws depend only on the population size, so sampling positions gives the
 same picks as Dassl sampling its ``Datum`` objects.
 
-Protocols (METHODS.md §1.2-1.5): ``fewshot``, ``cross-dataset`` and ``domain-generalization``
-train on all classes and evaluate the ``all`` space (target datasets are added by the runner);
-``base2novel`` samples over all classes first, then keeps only base-class items (base = first
-``ceil(n/2)`` of the sorted label ids of the train split, novel = the rest) and evaluates
-``base`` and ``novel``.
+Protocols (docs/methods.md#evaluation-protocols): ``fewshot``, ``cross-dataset`` and
+``domain-generalization`` train on all classes and evaluate the ``all`` space (target datasets
+are added by the runner); ``base2novel`` samples over all classes first, then keeps only
+base-class items (base = first ``ceil(n/2)`` of the sorted label ids of the train split,
+novel = the rest) and evaluates ``base`` and ``novel``.
 
 Stored subsets: the sample of one (split, K, seed) does not depend on the protocol (every
 protocol samples over all classes first), so it is stored once, as CoOp stores
@@ -195,7 +195,8 @@ def make_task(
     elif (subset.split_hash, subset.shots, subset.seed) != (splits.hash, shots, seed):
         raise ValueError("make_task: the subset was sampled for other splits, shots or seed.")
     keep = set(train_space.labels)
-    # Restricting after sampling over all classes is the base-to-novel order (METHODS.md §1.3).
+    # Restricting after sampling over all classes is the base-to-novel order (CoOp's
+    # subsample_classes, KaiyangZhou/CoOp datasets/oxford_pets.py).
     train_ids = tuple(i for i in subset.train_ids if splits.train.items[i].label in keep)
     val_ids = tuple(i for i in subset.val_ids if splits.val.items[i].label in keep)
     return FewShotTask(
@@ -298,7 +299,7 @@ def _check_fits(subset: Subset, splits: Splits, dataset: str, shots: int, seed: 
 
 
 # ------------------------------------------------------------------------------------------
-# Cross-dataset transfer and domain generalisation (METHODS.md §1.4-1.5)
+# Cross-dataset transfer and domain generalisation (docs/methods.md#cross-dataset-transfer)
 
 # The source a suite's cross-dataset table trains on (CoOp/CoCoOp/MaPLe: ImageNet).
 TRANSFER_SOURCES: dict[str, str] = {"coop11": "imagenet", "proapo13": "imagenet", "toy": "toy-objects"}

@@ -67,7 +67,7 @@ def _noise(like: torch.Tensor) -> torch.Tensor:
 
 
 def _reference_image(visual: nn.Module, images: torch.Tensor, prompts: list[torch.Tensor]) -> torch.Tensor:
-    """The MaPLe/IVLP image forward (METHODS.md §0.1), CLIP pooling (class token)."""
+    """The MaPLe/IVLP image forward (docs/methods.md#backbone), CLIP pooling (class token)."""
     x = visual.conv1(images)
     x = x.flatten(2).transpose(1, 2)
     cls = visual.class_embedding.expand(x.shape[0], 1, -1)

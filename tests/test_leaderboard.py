@@ -81,7 +81,7 @@ def test_base_to_novel_hm_conventions(runs: Path) -> None:
     lb = build_leaderboard(runs)
     avg = cell(lb, protocol="base2novel", variant="coop", dataset="Average").set_index("space")["mean"]
     assert avg["base"] == pytest.approx(80.47) and avg["novel"] == pytest.approx(71.69)
-    # METHODS.md §1.3 check: HM(80.47, 71.69) = 2 * 80.47 * 71.69 / 152.16 = 75.83
+    # docs/methods.md#base-to-novel check: HM(80.47, 71.69) = 2 * 80.47 * 71.69 / 152.16 = 75.83
     assert round(avg["hm"], 2) == 75.83
     # The other convention: mean of HM(81, 70.69) = 75.4946 and HM(79.94, 72.69) = 76.1428.
     assert avg["hm_per_dataset_mean"] == pytest.approx((75.494627 + 76.142811) / 2, abs=1e-5)

@@ -51,7 +51,7 @@ def test_aggregate_matches_population_std_and_coop_ci() -> None:
 
 @pytest.mark.parametrize(("base", "novel", "hm"), [(80.47, 71.69, 75.83), (82.28, 75.14, 78.55)])
 def test_average_row_hm_matches_published_tables(base: float, novel: float, hm: float) -> None:
-    # METHODS.md §1.3: CoCoOp and MaPLe average rows.
+    # docs/methods.md#base-to-novel: CoCoOp and MaPLe average rows.
     assert round(harmonic_mean(base, novel), 2) == hm
     # Two datasets whose means are (base, novel): the average row's HM is the HM of the means,
     # which differs from the mean of the per-dataset HMs.

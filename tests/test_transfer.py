@@ -1,4 +1,6 @@
-"""Cross-dataset transfer and domain generalisation on the toy world (METHODS.md §1.4-1.5).
+"""Cross-dataset transfer and domain generalisation on the toy world.
+
+Protocols: docs/methods.md#cross-dataset-transfer and #domain-generalisation.
 
 One fit on the source, one record per evaluated dataset (the source and each target),
 through the real runner, datasets and feature cache.

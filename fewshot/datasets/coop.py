@@ -263,7 +263,7 @@ class CoopDataset(Dataset):
     image_dir: ClassVar[str] = ""  # image folder inside the dataset folder ("" = the folder itself)
     marker: ClassVar[str | None] = None  # what must exist for is_present(); None = image_dir
     link_dirs: ClassVar[tuple[str, ...]] = ()  # more sub-folders that may be symlinks to elsewhere
-    template: ClassVar[str]  # the single hand-crafted template (METHODS.md §0.2)
+    template: ClassVar[str]  # the single hand-crafted template (CoOp trainers/zsclip.py)
     templates: ClassVar[tuple[str, ...]] = ()  # prompt ensemble; empty = OpenAI's 80
     version: ClassVar[str] = "1"
     download: ClassVar[str] = "auto"

@@ -1,4 +1,5 @@
-"""The four ImageNet distribution shifts used for domain generalisation (METHODS.md §1.5).
+"""The four ImageNet distribution shifts used for domain generalisation (the protocol:
+docs/methods.md#domain-generalisation).
 
 Each is evaluation-only and reuses ImageNet's ``classnames.txt``: CoOp's DATASETS.md says to
 copy ``$FEWSHOT_DATA/imagenet/classnames.txt`` into each folder; when the copy is missing,

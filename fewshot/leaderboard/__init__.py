@@ -5,7 +5,7 @@ aggregates seeds into cells; ``write_leaderboard(lb, out_dir)`` writes ``leaderb
 (the long, numeric form: one row per cell) and ``LEADERBOARD.md`` (views of it). Nothing
 here trains or reads logs; the same records always give byte-identical files.
 
-Conventions (METHODS.md §1.2-1.3):
+Conventions (docs/methods.md#evaluation-protocols):
 
 - a cell is (protocol, backbone, method variant, shots, dataset, label space); its seeds
   aggregate to mean, population std and 95% CI = 1.96·std/√n (fewshot.metrics.aggregate);

@@ -8,7 +8,7 @@
 - :func:`make_sgd`: SGD with the Dassl defaults (momentum 0.9, weight decay 5e-4, no
   Nesterov, dampening 0), which every Dassl config with ``NAME: sgd`` uses.
 - :func:`make_warmup_cosine`: Dassl's ``cosine`` scheduler wrapped in its ``constant``
-  warm-up, stepped once per epoch. METHODS.md §0.1.
+  warm-up, stepped once per epoch (docs/methods.md#optimiser-and-schedule).
 - :func:`train_batches`: one epoch of support-set image features, either from cached
   augmented views (one view per image per epoch) or encoded online from augmented images;
   :func:`image_batches`: one epoch of augmented support images (for prompted image towers).

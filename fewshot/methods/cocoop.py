@@ -3,7 +3,7 @@
 Paper: Zhou, Yang, Loy, Liu, "Conditional Prompt Learning for Vision-Language Models",
 CVPR 2022 (arXiv 2203.05557). Official code: https://github.com/KaiyangZhou/CoOp
 (trainers/cocoop.py, configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml,
-scripts/cocoop/base2new_train.sh, scripts/cocoop/xd_train.sh). Spec: METHODS.md §5.
+scripts/cocoop/base2new_train.sh, scripts/cocoop/xd_train.sh). Spec: docs/methods.md#cocoop.
 
 For an image with normalised feature f (dimension D), the meta-net
 Linear(D -> D/16) -> ReLU -> Linear(D/16 -> W) (W: the text width, biases on) gives one

@@ -2,7 +2,7 @@
 
 Paper: Zhou, Yang, Loy, Liu, "Learning to Prompt for Vision-Language Models", IJCV 2022
 (arXiv 2109.01134). Official code: https://github.com/KaiyangZhou/CoOp (trainers/coop.py,
-configs/trainers/CoOp/*.yaml, scripts/coop/main.sh). Spec: METHODS.md §4.
+configs/trainers/CoOp/*.yaml, scripts/coop/main.sh). Spec: docs/methods.md#coop.
 
 Per class c the prompt is ``[SOS][ctx_1..ctx_M][class tokens][.][EOT][pad]`` (class token
 at the ``end``; ``middle`` splits the context in two halves around the class tokens,
@@ -18,7 +18,7 @@ Presets (``CoOpConfig.preset``):
 - ``base2novel``: ``vit_b16_ctxv1`` as CoCoOp ran the CoOp baseline: M = 4 initialised from
   "a photo of a", 200 epochs.
 - ``cross-dataset`` and ``domain-generalization``: ``vit_b16_ep50_ctxv1``: M = 4 from
-  "a photo of a", 50 epochs (METHODS.md §1.4).
+  "a photo of a", 50 epochs (docs/methods.md#cross-dataset-transfer).
 - ImageNet: 50 epochs at every shot count (COOP.md: "for ImageNet, we use
   configs/trainers/CoOp/*_ep50.yaml for all settings"), and ``vit_b16_ep50_ctxv1`` in
   base2novel (scripts/cocoop/base2new_train.sh, KaiyangZhou/CoOp@ff61507c).

@@ -7,7 +7,7 @@ without Forgetting", ICCV 2023 (arXiv 2307.06948; the README's IVLP row, 84.21 /
 77.51 base / novel / HM). Official code: https://github.com/muzairkhattak/PromptSRC
 (trainers/independentVL.py, clip/model.py ``ResidualAttentionBlock_IVLP`` and
 ``VisionTransformer.forward``, configs/trainers/IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml).
-Spec: METHODS.md §8 (IVLP = PromptSRC's prompts without its regularisers and aggregation).
+Spec: docs/methods.md#ivlp (IVLP = PromptSRC's prompts without its regularisers and aggregation).
 
 Prompts, learned with cross-entropy, both encoders frozen:
 - text: a layer-0 context of 4 tokens initialised from "a photo of a" (the prompt is

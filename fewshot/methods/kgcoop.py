@@ -4,7 +4,7 @@ Paper: Yao, Zhang, Xu, "Visual-Language Prompt Tuning with Knowledge-guided Cont
 Optimization", CVPR 2023 (arXiv 2303.13283). Official code: https://github.com/htyao89/KgCoOp
 (KgCoOp/trainers/kgcoop.py, KgCoOp/configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml,
 KgCoOp/scripts/base2new_train.sh, KgCoOp/scripts/run.sh, KgCoOp/scripts/xd_train.sh).
-Spec: METHODS.md §7.
+Spec: docs/methods.md#kgcoop.
 
 The model is CoOp's (:mod:`fewshot.methods.coop`): one learned context of M = 4 tokens,
 initialised from "a photo of a", class token at the end, both encoders frozen. The loss
@@ -16,11 +16,11 @@ over the C training classes, where t̂_c is the learned prompt's text feature an
 the frozen text feature of the hand-crafted prompt of class c, computed once before
 training. The hand-crafted template is KgCoOp's own table: CoOp's single template per
 dataset, except DTD (registry name ``dtd``), which is "a photo of a {}, a type of texture."
-instead of "{} texture." (METHODS.md §0.2). The preset writes DTD's into the config's
+instead of "{} texture." (CoOp trainers/zsclip.py). The preset writes DTD's into the config's
 ``template``; empty, it means the dataset's own template (``FitContext.template``).
 w = 8.0 (run.sh / base2new_train.sh). The paper writes the term as a squared Euclidean
 distance, 2(1 − cos) for unit vectors; the code's 1 − cos with w = 8 is followed
-(METHODS.md [A]). Prediction is CoOp's: the learned prompts alone.
+(docs/methods.md#kgcoop). Prediction is CoOp's: the learned prompts alone.
 
 Config (``KgCoOpConfig`` defaults = ``vit_b16_ep100_ctxv1`` with w = 8, checked in the
 official files): SGD lr 0.002 (momentum 0.9, weight decay 5e-4), batch 128, 100 epochs,

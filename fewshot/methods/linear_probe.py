@@ -3,7 +3,7 @@
 Paper: the linear-probe baseline of CoOp (Zhou et al., "Learning to Prompt for
 Vision-Language Models", IJCV 2022, arXiv 2109.01134), following the CLIP paper's protocol
 (Radford et al., ICML 2021). Official code: https://github.com/KaiyangZhou/CoOp, folder
-``lpclip/`` (feat_extractor.py, linear_probe.py, linear_probe.sh). Spec: METHODS.md §3.1.
+``lpclip/`` (feat_extractor.py, linear_probe.py, linear_probe.sh). Spec: docs/methods.md#linear-probe.
 
 - Features: the frozen image encoder with the test transform, one view per image,
   not L2-normalised (``normalize=False``, as lpclip; ``True`` normalises them).

@@ -4,7 +4,7 @@ Paper: Khattak, Rasheed, Maaz, Khan, Khan, "MaPLe: Multi-modal Prompt Learning",
 (arXiv 2210.03117). Official code: https://github.com/muzairkhattak/multimodal-prompt-learning
 (trainers/maple.py, clip/model.py ``ResidualAttentionBlock_MaPLe`` and
 ``VisionTransformer_MaPLe.forward``, configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml
-and ``..._cross_datasets.yaml``). Spec: METHODS.md §6.
+and ``..._cross_datasets.yaml``). Spec: docs/methods.md#maple.
 
 Learned, with cross-entropy, both encoders frozen (prompt depth J = 9, n = 2 tokens):
 - the layer-0 text context, initialised from the first two tokens of "a photo of a"; the
@@ -20,7 +20,7 @@ SGD (momentum 0.9, weight decay 5e-4), batch 4, cosine with one constant warm-up
 
 Presets (``MaPLeConfig.preset``):
 - ``base2novel``: ``vit_b16_c2_ep5_batch4_2ctx``: depth 9, lr 0.0035, 5 epochs.
-- ``fewshot``: no MaPLe few-shot config was published (METHODS.md §6 [A]); "our config" is
+- ``fewshot``: no MaPLe few-shot config was published (docs/methods.md#maple); "our config" is
   the base-to-novel config with K shots on all classes.
 - ``cross-dataset`` and ``domain-generalization``: ``vit_b16_c2_ep5_batch4_2ctx_cross_datasets``:
   depth 3, lr 0.0026, 2 epochs.

@@ -4,7 +4,7 @@ Paper: Khattak, Wasim, Naseer, Khan, Yang, Khan, "Self-regulating Prompts: Found
 Model Adaptation without Forgetting", ICCV 2023 (arXiv 2307.06948). Official code:
 https://github.com/muzairkhattak/PromptSRC (trainers/promptsrc.py, trainers/imagenet_templates.py,
 clip/model.py ``ResidualAttentionBlock_IVLP``, configs/trainers/PromptSRC/*.yaml).
-Spec: METHODS.md §8.
+Spec: docs/methods.md#promptsrc.
 
 Prompts as IVLP (:mod:`fewshot.methods.ivlp`): 4 text + 4 vision tokens, depth 9/9. Loss
 per batch, with t̂, f̂ the normalised prompted text and image features, t̃, f̃ the

@@ -4,7 +4,7 @@ Paper: Radford et al., "Learning Transferable Visual Models From Natural Languag
 Supervision", ICML 2021 (arXiv 2103.00020). Official code: https://github.com/openai/CLIP.
 The few-shot literature's baseline is CoOp's ``ZeroshotCLIP`` (single hand-crafted template
 per dataset) and ``ZeroshotCLIP2`` (prompt ensemble), KaiyangZhou/CoOp trainers/zsclip.py.
-Spec: METHODS.md §2.
+Spec: docs/methods.md#zero-shot-clip.
 
 - Single template (default): w_c = normalize(E_text(template.format(c))).
 - Ensemble (``ensemble=True``): every template is encoded and L2-normalised, the mean over
@@ -16,8 +16,8 @@ Spec: METHODS.md §2.
 Deviations:
 - CoOp's ``ZeroshotCLIP2`` adds the dataset's single template to the 7 "select" templates
   (and accumulates templates on a class attribute, a bug). Here the ensemble is exactly the
-  list the dataset declares, with no accumulation; pass that list to reproduce variant (b)
-  or (c) of METHODS.md §2.
+  list the dataset declares, with no accumulation; declare the 7 "select" templates (with or
+  without the single one) to reproduce either CoOp variant (docs/methods.md#zero-shot-clip).
 """
 
 from __future__ import annotations
