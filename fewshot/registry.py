@@ -94,11 +94,17 @@ class Registry(Generic[T]):
         self._targets: dict[str, str] = {}
         self._objects: dict[str, T] = {}
         self._origins: dict[str, Origin] = {}
+        self._summaries: dict[str, dict[str, str]] = {}
         self._plugins_loaded = False
 
     # -- registration -------------------------------------------------------------------
-    def register(self, name: str, target: str | T) -> None:
-        """Register a built-in: a ``"module:attr"`` string (lazy) or the object itself."""
+    def register(self, name: str, target: str | T, **summary: str) -> None:
+        """Register a built-in: a ``"module:attr"`` string (lazy) or the object itself.
+
+        ``summary``: facts about it that listings show without importing it (a method's
+        ``needs`` and ``novel``); a test keeps them equal to the object's own attributes.
+        """
+        self._summaries[name] = dict(summary)
         if name in self._origins:
             raise ConfigError(f"{self.kind} {name!r} is registered twice: {self._origins[name].target}.")
         if isinstance(target, str):
@@ -133,6 +139,10 @@ class Registry(Generic[T]):
             self._origins[ep.name] = origin
 
     # -- lookup -------------------------------------------------------------------------
+    def summary(self, name: str) -> dict[str, str]:
+        """What was declared with a built-in at registration (empty for plugins)."""
+        return dict(self._summaries.get(name, {}))
+
     def names(self) -> list[str]:
         self._load_plugins()
         return sorted(self._origins)

@@ -14,11 +14,15 @@ stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import platform
+import re
+import shlex
 import subprocess
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
@@ -60,6 +64,11 @@ PROVENANCE_KEYS = (
     "python",
     "platform",
     "date",
+    "command",  # the command line that made the record
+    "cuda",
+    "cudnn",
+    "gpu",
+    "driver",
     "device",
     "precision",
     "split_hash",
@@ -101,6 +110,7 @@ RECORD_COLUMNS = (
     "split_source",
     "generated_split",
     "method_version",
+    "code_digest",
     "method_kind",
     "fewshot_version",
     "git_hash",
@@ -253,6 +263,7 @@ def _run_columns(result: RunResult, path: Path | None) -> dict[str, Any]:
         # A plugin's version is its distribution's; built-ins have none of their own (None)
         # unless the runner records "method_version": they change with fewshot_version/git_hash.
         "method_version": prov.get("method_version") or origin.get("version"),
+        "code_digest": prov.get("code_digest"),
         "method_kind": origin.get("kind"),
         "schema_version": result.schema_version,
         "path": str(path) if path is not None else None,
@@ -369,6 +380,31 @@ def _git_state() -> tuple[str | None, bool | None]:
     return head, (bool(status) if status is not None else None)
 
 
+def _nvidia_driver() -> str | None:
+    """The NVIDIA kernel driver version (Linux), without importing anything."""
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", text)
+    return match.group(1) if match else None
+
+
+def _accelerator(device: str) -> dict[str, Any]:
+    """CUDA and cuDNN versions of the torch build, and on a CUDA device its name and the
+    driver. Only read when torch is already imported (a run has imported it)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    info: dict[str, Any] = {"cuda": torch.version.cuda, "cudnn": None, "gpu": None, "driver": None}
+    with contextlib.suppress(Exception):  # a CPU build has no cuDNN to ask
+        info["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["driver"] = _nvidia_driver()
+    return info
+
+
 def collect_provenance(**extra: Any) -> dict[str, Any]:
     """Versions and environment for a result record; ``extra`` keys are added (and win).
 
@@ -386,6 +422,8 @@ def collect_provenance(**extra: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
+        **_accelerator(str(extra.get("device", ""))),
     }
     prov.update(extra)
     return prov

@@ -24,6 +24,7 @@ import resource
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -154,6 +155,7 @@ def prepare(
     dataset = get_dataset(spec.dataset, data_root)
     dataset.check_trainable()
     splits = dataset.splits()
+    _say_if_generated(dataset)
     task = task_for(dataset.spec(), splits, spec.protocol, spec.shots, spec.seed, cache.root)
     _seed_everything(spec.seed)
     autocast = autocast_for(spec.precision, backbone.device)
@@ -172,6 +174,17 @@ def prepare(
         started,
         encoded_before,
     )
+
+
+def _say_if_generated(dataset: Dataset) -> None:
+    """A run on a split fewshot generated (no official split file) says so as it starts."""
+    if dataset.spec().split_source == "generated":
+        warnings.warn(
+            f"{dataset.name} has no official split file here: this run uses a split fewshot "
+            "generated, and its results are marked † (not comparable with published numbers). "
+            f"Put CoOp's split file in {dataset.path} to use the official split.",
+            stacklevel=3,
+        )
 
 
 def _fit_context(

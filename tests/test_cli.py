@@ -289,8 +289,8 @@ def test_leaderboard_command(tmp_path: Path) -> None:
         write_record(RunResult(spec, metrics={"all": acc}), spec.record_path(runs))
     out = runner.invoke(app, ["leaderboard", "--results", str(runs)])
     assert out.exit_code == 0, out.output
-    md = tmp_path / "results" / "LEADERBOARD.md"
-    assert md.is_file() and (tmp_path / "results" / "leaderboard.csv").is_file()
+    md = runs / "LEADERBOARD.md"  # in the results folder read: two folders never collide
+    assert md.is_file() and (runs / "leaderboard.csv").is_file()
     assert str(md) in out.output.replace("\n", "")
     assert "72.00" in md.read_text() and "72.00" in out.output  # the short table
     missing = runner.invoke(app, ["leaderboard", "--results", str(tmp_path / "nope")])

@@ -223,8 +223,12 @@ def test_summary_table() -> None:
     ]
     table = summary_table(results).set_index(["method", "dataset"])
     assert table.loc[("coop", "toy-shapes"), "accuracy"] == 72.0
-    assert table.loc[("coop", "toy-colors"), ["accuracy", "seeds", "failed"]].tolist() == [60.0, 1, 1]
-    assert table.loc[("coop", "mean"), "accuracy"] == 66.0
+    assert table.loc[("coop", "toy-colors"), ["accuracy", "runs ok", "runs failed"]].tolist() == [60.0, 1, 1]
+    assert table.loc[("coop", "mean (2 datasets)"), ["accuracy", "runs ok", "runs failed"]].tolist() == [
+        66.0,
+        3,
+        1,
+    ]
     assert table.loc[("lp", "toy-shapes"), ["novel", "hm"]].isna().all()
     assert table.loc[("kg", "toy-shapes"), "hm"] == pytest.approx(2 * 80 * 70 / 150)
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from fewshot.methods import get_method, list_methods
+from fewshot.methods import METHODS, get_method, list_methods
 from fewshot.methods.base import Adapter, FitContext, Needs, QueryBatch
 from fewshot.testing import check_adapter
 from fewshot.types import AdapterConfig
@@ -90,3 +90,10 @@ def test_check_adapter_accepts_a_well_behaved_adapter():
 def test_check_adapter_catches_breaches(adapter, message):
     with pytest.raises(AssertionError, match=message):
         check_adapter(adapter)
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.origin(n).kind == "builtin"])
+def test_registered_summary_matches_the_class(name: str) -> None:
+    """`fewshot list methods` shows the summary without importing the method: keep it true."""
+    cls = METHODS.get(name)
+    assert METHODS.summary(name) == {"needs": cls.needs.value, "novel": "yes" if cls.supports_novel else "no"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -26,14 +27,24 @@ def list_methods() -> None:
     table = Table("Method", "Origin", "Distribution", "Needs", "Novel classes")
     for name in METHODS.names():
         try:
-            cls = METHODS.get(name)
             origin = METHODS.origin(name)
+            needs, novel = _method_facts(METHODS, name)
         except FewshotError as exc:
             table.add_row(name, "?", "", Text(f"cannot load: {exc}", style="red"), "")
             continue
         dist = f"{origin.distribution} {origin.version or ''}".strip() if origin.distribution else ""
-        table.add_row(name, origin.kind, dist, cls.needs.value, "yes" if cls.supports_novel else "no")
+        table.add_row(name, origin.kind, dist, needs, novel)
     console.print(table)
+
+
+def _method_facts(methods: Any, name: str) -> tuple[str, str]:
+    """(needs, novel classes) from the registration of a built-in, else from the class
+    (importing a plugin is the only way to know it)."""
+    summary = methods.summary(name)
+    if "needs" in summary and "novel" in summary:
+        return summary["needs"], summary["novel"]
+    cls = methods.get(name)
+    return cls.needs.value, "yes" if cls.supports_novel else "no"
 
 
 @list_app.command("datasets")

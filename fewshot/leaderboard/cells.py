@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 KEY = ["protocol", "backbone", "precision", "method", "variant", "shots", "dataset"]
-VERSION = ["dataset_version", "split_hash", "method_version"]
+VERSION = ["dataset_version", "split_hash", "method_version", "code_digest"]
 ROW = ["protocol", "backbone", "precision", "method", "variant", "shots"]  # a row of a wide table
 CELL_COLUMNS = [
     *KEY,
@@ -207,6 +207,23 @@ def _target_means(cells: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+def _warn_mixed_code(seeds: pd.DataFrame) -> None:
+    """One warning per cell whose seeds came from different code (they are not averaged)."""
+    import warnings
+
+    for keys, group in seeds.groupby(KEY, sort=True):
+        digests = sorted(set(group["code_digest"]))
+        if len(digests) > 1:
+            where = dict(zip(KEY, keys, strict=True))
+            names = ", ".join(d or "none recorded" for d in digests)
+            warnings.warn(
+                f"{where['variant']} on {where['dataset']} ({where['protocol']}, {where['shots']} shots, "
+                f"{where['backbone']}, {where['precision']}): seeds come from {len(digests)} versions of "
+                f"the method's code ({names}) and are not averaged; `fewshot run` reruns the stale ones.",
+                stacklevel=3,
+            )
+
+
 def build_cells(records: pd.DataFrame) -> pd.DataFrame:
     """One row per cell (:data:`CELL_COLUMNS`) from the records frame of ``load_records``."""
     import pandas as pd
@@ -218,6 +235,7 @@ def build_cells(records: pd.DataFrame) -> pd.DataFrame:
     groups = seeds.drop_duplicates([*KEY, *VERSION]).groupby(KEY).size()
     conflicted = set(groups[groups > 1].index)
     seeds["conflict"] = [tuple(k) in conflicted for k in seeds[KEY].itertuples(index=False)]
+    _warn_mixed_code(seeds)
     cells = pd.concat([seeds, pd.DataFrame(_hm_cells(seeds), columns=seeds.columns)], ignore_index=True)
     averages = _dataset_averages(cells) + _target_means(cells)
     cells = pd.concat([cells, pd.DataFrame(averages, columns=cells.columns)], ignore_index=True)

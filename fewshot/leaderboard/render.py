@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 __all__ = ["summary_table", "to_markdown", "write_leaderboard"]
 
+OK_RUNS, FAILED_RUNS = "runs ok", "runs failed"  # summary columns: one run = one seed on one dataset
+
 
 def _md_escape(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -46,7 +48,8 @@ _CONVENTIONS = """\
 ## Conventions
 
 - Accuracy is overall top-1 on the test split, in percent. A cell is `mean ± 95% CI (n=seeds)`;
-  the CI is 1.96·std/√n with the population std over seeds (CoOp's `parse_test_res.py`).
+  the CI is 1.96·std/√n with the population std over seeds (CoOp's `parse_test_res.py`); a
+  cell of one seed shows no interval.
 - Few-shot **Average**: the unweighted mean of the per-dataset means, shown only where the method
   has every dataset of its table; `Datasets` says how many it has (k/n).
 - Base-to-novel: per dataset, **HM** is the harmonic mean of the seed means of base and novel.
@@ -60,9 +63,12 @@ _CONVENTIONS = """\
 - `†`: at least one run of the cell (or of the datasets averaged) used a split that fewshot
   generated because the official split file was absent (`split_source` "generated" in the
   record): not comparable with published numbers.
-- Failed runs are listed below and never averaged. Runs whose dataset version, split hash or
-  method version differ are never averaged together: such cells read `⚠ k versions`, block
-  the averages that need them, and each version group is listed under Conflicts.
+- Failed runs are listed below and never averaged. Runs whose dataset version, split hash,
+  method version or method code (its digest) differ are never averaged together: such cells
+  read `⚠ k versions`, block the averages that need them, and each version group is listed
+  under Conflicts.
+- Methods that read no support images (zero-shot) do not depend on the shot count: they run
+  once per dataset and seed and appear with 0 shots.
 """
 
 
@@ -119,21 +125,22 @@ def _summary_mean(group: pd.DataFrame, keys: tuple[Any, ...], spaces: list[str])
     ident = dict(zip(["method", "backbone", "precision", "protocol", "shots"], keys, strict=True))
     return {
         **ident,
-        "dataset": "mean",
+        "dataset": f"mean ({len(group)} datasets)",
         **mean,
-        "seeds": group["seeds"].sum(),
-        "failed": group["failed"].sum(),
+        OK_RUNS: group[OK_RUNS].sum(),
+        FAILED_RUNS: group[FAILED_RUNS].sum(),
     }
 
 
 def summary_table(results: list[RunResult]) -> pd.DataFrame:
     """Per (method, backbone, protocol, shots, dataset): the seed mean of each label space.
 
-    Columns: method, backbone, protocol, shots, dataset, then ``accuracy`` (space "all"),
-    ``base``, ``novel``, ``hm`` (from the seed means) and any target spaces, then ``seeds``
-    (runs that succeeded) and ``failed``. NaN is not applicable or not measured. Where a
-    group has several datasets a row with dataset "mean" follows: the mean of the dataset
-    rows (NaN if any is NaN) and, for base-to-novel, the HM of the mean base and novel.
+    Columns: method, backbone, precision, protocol, shots, dataset, then ``accuracy`` (space
+    "all"), ``base``, ``novel``, ``hm`` (from the seed means) and any target spaces, then
+    ``runs ok`` and ``runs failed`` (a run is one seed on one dataset; a seed whose fit or
+    any target failed counts as failed). NaN is not applicable or not measured. Where a group
+    has several datasets a row "mean (k datasets)" follows: the mean of the dataset rows (NaN
+    if any is NaN), for base-to-novel the HM of the mean base and novel, and the runs summed.
     Methods and datasets keep the order of the sweep.
     """
     import pandas as pd
@@ -146,7 +153,9 @@ def summary_table(results: list[RunResult]) -> pd.DataFrame:
     # A seed counts once, and as failed if any of its records failed (transfer runs write
     # one record per target).
     per_seed = runs.groupby([*group_cols, "seed"])["ok"].all().reset_index()
-    counts = per_seed.groupby(group_cols)["ok"].agg(seeds="sum", failed=lambda s: int((~s).sum()))
+    counts = per_seed.groupby(group_cols)["ok"].agg(
+        **{OK_RUNS: "sum", FAILED_RUNS: lambda s: int((~s).sum())}
+    )
     table = counts.join(means, how="left").rename(columns={"all": "accuracy"}).reset_index()
     if {"base", "novel"} <= set(table.columns):
         table["hm"] = [
@@ -161,11 +170,11 @@ def summary_table(results: list[RunResult]) -> pd.DataFrame:
         key=lambda col: col.map(first.get(str(col.name), {})) if col.name in first else col,
         kind="mergesort",
     )
-    table = table[[*group_cols, *spaces, "seeds", "failed"]].rename(columns={"variant": "method"})
+    table = table[[*group_cols, *spaces, OK_RUNS, FAILED_RUNS]].rename(columns={"variant": "method"})
     rows = []
     for keys, group in table.groupby(["method", "backbone", "precision", "protocol", "shots"], sort=False):
         rows.append(group)
         if len(group) > 1:
             rows.append(pd.DataFrame([_summary_mean(group, keys, spaces)]))
     out = pd.concat(rows, ignore_index=True) if rows else table
-    return out.astype({"seeds": "int64", "failed": "int64"})
+    return out.astype({OK_RUNS: "int64", FAILED_RUNS: "int64"})

@@ -50,7 +50,8 @@ class Leaderboard:
 
 
 def _cell_text(sub: pd.DataFrame) -> str:
-    """One wide-table cell: "mean ± ci95 (n=seeds)", "n/a", "—", or the conflict mark."""
+    """One wide-table cell: "mean ± ci95 (n=seeds)" ("mean (n=1)" for one seed: no interval),
+    "n/a", "—", or the conflict mark."""
     if sub.empty:
         return MISSING
     if len(sub) > 1:
@@ -61,6 +62,8 @@ def _cell_text(sub: pd.DataFrame) -> str:
     mark = f" {GENERATED}" if row["generated"] else ""
     if row["kind"] != "seeds":
         return f"{row['mean']:.2f}{mark}"
+    if int(row["n"]) == 1:
+        return f"{row['mean']:.2f} (n=1){mark}"
     return f"{row['mean']:.2f} ± {row['ci95']:.2f} (n={int(row['n'])}){mark}"
 
 
@@ -267,6 +270,7 @@ def _conflict_table(cells: pd.DataFrame) -> pd.DataFrame:
         "dataset_version": "Dataset version",
         "split_hash": "Split hash",
         "method_version": "Method version",
+        "code_digest": "Code digest",
     }
     table = _display(conflicted.replace({c: {"": "?"} for c in VERSION}), names)
     table["Accuracy"] = [_cell_text(conflicted.loc[[i]]) for i in conflicted.index]

@@ -32,15 +32,16 @@ class _MethodRegistry(Registry["type[Adapter]"]):
 
 METHODS = _MethodRegistry("method", group="fewshot.methods")
 
-# One line per built-in method.
-METHODS.register("zeroshot", "fewshot.methods.zeroshot:ZeroShot")
-METHODS.register("linear-probe", "fewshot.methods.linear_probe:LinearProbe")
-METHODS.register("coop", "fewshot.methods.coop:CoOp")
-METHODS.register("ivlp", "fewshot.methods.ivlp:IVLP")
-METHODS.register("maple", "fewshot.methods.maple:MaPLe")
-METHODS.register("promptsrc", "fewshot.methods.promptsrc:PromptSRC")
-METHODS.register("cocoop", "fewshot.methods.cocoop:CoCoOp")
-METHODS.register("kgcoop", "fewshot.methods.kgcoop:KgCoOp")
+# One line per built-in method; needs/novel let `fewshot list methods` answer without
+# importing torch (tests/test_methods_contract.py keeps them equal to the classes').
+METHODS.register("zeroshot", "fewshot.methods.zeroshot:ZeroShot", needs="features", novel="yes")
+METHODS.register("linear-probe", "fewshot.methods.linear_probe:LinearProbe", needs="features", novel="no")
+METHODS.register("coop", "fewshot.methods.coop:CoOp", needs="features", novel="yes")
+METHODS.register("ivlp", "fewshot.methods.ivlp:IVLP", needs="images", novel="yes")
+METHODS.register("maple", "fewshot.methods.maple:MaPLe", needs="images", novel="yes")
+METHODS.register("promptsrc", "fewshot.methods.promptsrc:PromptSRC", needs="images", novel="yes")
+METHODS.register("cocoop", "fewshot.methods.cocoop:CoCoOp", needs="features", novel="yes")
+METHODS.register("kgcoop", "fewshot.methods.kgcoop:KgCoOp", needs="features", novel="yes")
 
 
 def get_method(name: str) -> type[Adapter]:

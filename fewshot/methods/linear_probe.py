@@ -34,17 +34,19 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
 
 from fewshot.methods.base import Adapter, FitContext, Needs, QueryBatch
 from fewshot.types import AdapterConfig, ConfigError, FeatureSet, FewshotError
+
+if TYPE_CHECKING:
+    # scikit-learn is imported where a probe is fitted: it costs most of a second, and
+    # `fewshot list methods` imports every method module.
+    from sklearn.linear_model import LogisticRegression
 
 __all__ = ["COARSE_GRID", "LinearProbe", "LinearProbeConfig", "SearchResult", "search_c"]
 
@@ -135,6 +137,10 @@ class LinearProbe(Adapter):
 
     def fit(self, ctx: FitContext) -> None:
         """Search C on the few-shot val set; keep the last step's classifier."""
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
+
         x_train, y_train = self._inputs(ctx.train.features), ctx.train.labels.numpy()
         x_val, y_val = self._inputs(ctx.val.features), ctx.val.labels.numpy()
         _check_all_classes(ctx.train, len(ctx.classnames))
