@@ -291,3 +291,16 @@ def test_records_say_what_ran_where(tmp_path: Path) -> None:
 def test_completion_is_offered() -> None:
     out = cli.invoke(app, ["--help"])
     assert "--install-completion" in out.output
+
+
+def test_a_run_on_a_generated_split_says_so_when_it_starts(tmp_path: Path) -> None:
+    """DTD without CoOp's split file: fewshot generates one, and the run warns as it starts."""
+    from . import _fake_trees as trees
+
+    trees.dtd(tmp_path / "data", split=False)
+    spec = RunSpec("zeroshot", "dtd", shots=0, seed=1)
+    with pytest.warns(
+        UserWarning, match="no official split file here: this run uses a split fewshot generated"
+    ):
+        (result,) = sweep([spec], results_dir=tmp_path / "runs", data_root=tmp_path / "data")
+    assert result.ok and result.provenance["split_source"] == "generated"
