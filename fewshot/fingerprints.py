@@ -15,9 +15,10 @@ its stored mtimes over a different copy) keeps its old hash: delete
 ``<cache>/manifests/<dataset>`` to force a full rehash.
 
 The content hash is BLAKE2b with a 128-bit digest over the file's bytes: in the standard
-library, collision-resistant (a changed image never keeps its hash by accident), and about
-as fast as a single core reads (~650 MB/s measured, with no dependence on CPU extensions;
-SHA-256 is faster only on CPUs with SHA instructions, several times slower on the others).
+library, collision-resistant (a changed image never keeps its hash by accident), and fast on
+any CPU (470-700 MB/s measured on one core; SHA-256 is faster only where the CPU has SHA
+instructions). Costs, measured and extrapolated to ImageNet: docs/design.md, "Features,
+views and precision"; ``benchmarks/fingerprint_cost.py`` measures them.
 
 Manifests are written atomically (:mod:`fewshot._io`), merged with what another process
 wrote meanwhile; a lost or broken manifest only costs a rehash. Generated datasets (items
