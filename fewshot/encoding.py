@@ -11,12 +11,17 @@
 - :class:`SubsetImages`: the images of a few-shot subset, for online augmentation and for
   methods that run images through a prompted encoder.
 
+Cache keys are built here (:func:`fewshot.features.feature_key`), so every entry names the
+bytes of its image files (:mod:`fewshot.fingerprints`): a missing or unreadable image raises
+DatasetError before anything is encoded.
+
 Every encoder pass runs at the run's precision (:mod:`fewshot.precision`): ``fp32`` as is,
 ``fp16``/``bf16`` under autocast; the precision is part of the cache key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -166,7 +171,14 @@ def encode_items(
         raise ConfigError(f"view must be None or >= 0, got {view}.")
     items, split_hash = _as_items(items, split_hash)
     key = feature_key(
-        backbone, dataset, items, view=view, split_hash=split_hash, seed=seed, precision=precision
+        backbone,
+        dataset,
+        items,
+        view=view,
+        split_hash=split_hash,
+        seed=seed,
+        precision=precision,
+        cache=cache,
     )
     if not items:
         return _empty(backbone, key.digest)
@@ -212,10 +224,11 @@ def encode_views(
     if views < 1:
         raise ConfigError(f"views must be >= 1, got {views}.")
     items, split_hash = _as_items(items, split_hash)
-    keys = [
-        feature_key(backbone, dataset, items, view=v, split_hash=split_hash, seed=seed, precision=precision)
-        for v in range(views)
-    ]
+    # One key built (its images fingerprinted once); the views' keys differ in view only.
+    first = feature_key(
+        backbone, dataset, items, view=0, split_hash=split_hash, seed=seed, precision=precision, cache=cache
+    )
+    keys = [dataclasses.replace(first, view=v) for v in range(views)]
     joint_key = stable_hash([k.digest for k in keys], 32)
     if not items:
         return _empty(backbone, joint_key)

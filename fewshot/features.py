@@ -4,9 +4,13 @@ Cache layout under the root (``$FEWSHOT_CACHE``, default ``<user cache dir>/fews
 
     features/<backbone safe name>/<dataset>/<digest>.pt     torch.save({"features", "labels", "ids"})
     features/<backbone safe name>/<dataset>/<digest>.json   sidecar: full key, shape, dtype, sha256, created
+    manifests/<dataset>/<folder hash>.json                   image files' size, mtime, content hash
     subsets/<dataset>/<split hash>/shot_K-seed_S.json        few-shot subsets (fewshot.protocols)
 
-``digest`` hashes every input that changes the tensor (:class:`FeatureKey`). Features are the
+``digest`` hashes every input that changes the tensor (:class:`FeatureKey`), the bytes of the
+image files included (``images``: :mod:`fewshot.fingerprints`, whose manifests live under
+``manifests/``), so two data roots share entries only when their images are identical, and a
+changed image recomputes exactly the entries that contain it. Features are the
 raw, unnormalised encoder outputs in float32. An entry is valid only when both files exist,
 the tensor file's sha256 matches the sidecar, it loads with ``weights_only=True`` and its
 shapes match the sidecar; anything else is reported with a warning, deleted and recomputed.
@@ -38,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fewshot._io import atomic_write_bytes, ensure_writable_dir
+from fewshot.fingerprints import Manifests
 from fewshot.precision import autocast_dtype
 from fewshot.types import (
     BackboneSpec,
@@ -60,7 +65,9 @@ __all__ = [
     "feature_key",
 ]
 
-FORMAT_VERSION = 2  # bump when the stored layout or the view seeding changes (2: views per run seed)
+# Bump when the stored layout, the key or the view seeding changes (2: views per run seed;
+# 3: keys name the image files' bytes, FeatureKey.images).
+FORMAT_VERSION = 3
 
 
 def default_cache_root() -> Path:
@@ -87,6 +94,7 @@ class FeatureKey:
     dataset_version: str
     split_hash: str  # hash of the split the items come from ("" if not from one split)
     items_hash: str  # hash of the exact (path, label) list encoded
+    images: str  # fingerprint of those items' file bytes (fewshot.fingerprints), or "generated"
     transform: str  # Backbone.transform_id(augment)
     view: int | None = None  # None: test transform; v >= 0: augmented view v
     seed: int | None = None  # the run seed that drew an augmented view (None for the test transform)
@@ -116,9 +124,14 @@ def feature_key(
     split_hash: str = "",
     seed: int | None = None,
     precision: str = "fp32",
+    cache: FeatureCache | None = None,
 ) -> FeatureKey:
     """The cache key of ``items`` of ``dataset`` through ``backbone`` (test transform, or
-    augmented view ``view`` drawn for run seed ``seed``) at the run's ``precision``."""
+    augmented view ``view`` drawn for run seed ``seed``) at the run's ``precision``.
+
+    The items' image files are fingerprinted through ``cache``'s manifests (without a cache,
+    every file is read); a missing or unreadable file raises DatasetError naming it.
+    """
     spec = dataset.spec()
     if view is not None and seed is None:
         raise ValueError("An augmented view's key needs the run seed that draws it.")
@@ -129,6 +142,7 @@ def feature_key(
         dataset_version=spec.version,
         split_hash=split_hash,
         items_hash=_items_hash(items),
+        images=(cache.manifests if cache is not None else Manifests(None)).images_hash(dataset, items),
         transform=backbone.transform_id(view is not None),
         view=view,
         seed=seed if view is not None else None,
@@ -166,11 +180,13 @@ class FeatureCache:
     """Content-addressed feature store (see the module docstring for layout and guarantees).
 
     Counters for the run's cost report: ``images_encoded`` (image encodings actually computed,
-    views included), ``hits`` and ``misses`` (entry look-ups).
+    views included), ``hits`` and ``misses`` (entry look-ups); ``manifests.files_hashed``
+    counts the image files read to fingerprint them.
     """
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_root()
+        self.manifests = Manifests(self.root / "manifests")
         self.images_encoded = 0
         self.hits = 0
         self.misses = 0

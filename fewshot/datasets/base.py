@@ -69,7 +69,8 @@ class Dataset(abc.ABC):
         """The file behind ``item``, or None when items are not files (generated datasets).
 
         File-backed datasets override this; it raises :class:`DatasetError` when the item's
-        path leaves the dataset folder.
+        path leaves the dataset folder. Feature cache keys fingerprint these files' bytes
+        (:mod:`fewshot.fingerprints`); None leaves the dataset's version to name the images.
         """
         return None
 
