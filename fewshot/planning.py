@@ -24,6 +24,8 @@ before its first run and ``--dry-run`` skips (it marks missing datasets instead)
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 from fewshot.precision import resolve_precision
 from fewshot.types import (
-    PROTOCOLS,
     TRANSFER_PROTOCOLS,
     AdapterConfig,
     BackboneSpec,
     ConfigError,
     FewshotError,
     RunSpec,
+    check_protocol,
 )
 
 if TYPE_CHECKING:
@@ -276,16 +278,6 @@ def _resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _check_protocol(protocol: str) -> str:
-    if protocol not in PROTOCOLS:
-        import difflib
-
-        close = difflib.get_close_matches(protocol, PROTOCOLS, n=1)
-        hint = f" Did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"Unknown protocol {protocol!r}.{hint} Protocols: {', '.join(PROTOCOLS)}.")
-    return protocol
-
-
 @dataclass
 class _Builder:
     """Collects one problem line per bad input instead of stopping at the first."""
@@ -301,7 +293,7 @@ class _Builder:
             return None
 
     def build(self, methods: list[str], names: list[str], **opts: Any) -> SweepPlan:
-        protocol = self.check(_check_protocol, opts["protocol"]) or ""
+        protocol = self.check(check_protocol, opts["protocol"]) or ""
         classes = self.check(_method_classes, methods, protocol) or {}
         datasets, targets = self._datasets(names, protocol, opts["source"])
         shots = self.check(_positive_ints, opts["shots"], "--shots") or []
@@ -360,17 +352,13 @@ class _Builder:
         for method, cls in classes.items():
             overrides = tuple(sorted(settings.get(method, {}).items()))
             # A method that reads no support images gives one result per (dataset, seed): 0 shots.
-            method_shots = shots if cls.uses_support else [0]
-            for dataset in datasets:
-                for k in method_shots:
-                    first = RunSpec(method, dataset, shots=k, overrides=overrides, **common)
-                    config = self.check(_config_of, first)
-                    if config is None:
-                        continue
-                    for seed in seeds:
-                        spec = RunSpec(method, dataset, shots=k, seed=seed, overrides=overrides, **common)
-                        records = (spec, *(RunSpec(**{**spec.__dict__, "target": t}) for t in targets))
-                        fits.append(PlannedFit(spec, config, records))
+            for dataset, k in itertools.product(datasets, shots if cls.uses_support else [0]):
+                first = RunSpec(method, dataset, shots=k, overrides=overrides, **common)
+                config = self.check(_config_of, first)  # the same for every seed
+                for seed in seeds if config is not None else []:
+                    spec = dataclasses.replace(first, seed=seed)
+                    records = (spec, *(dataclasses.replace(spec, target=t) for t in targets))
+                    fits.append(PlannedFit(spec, config, records))
         return fits
 
     def _check_set_keys(self, classes: dict[str, type[Adapter]], settings: dict[str, dict[str, str]]) -> None:

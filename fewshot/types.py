@@ -394,6 +394,15 @@ SHOTS = (1, 2, 4, 8, 16)
 RUN_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
+def check_protocol(protocol: str) -> str:
+    """``protocol`` if it is one of :data:`PROTOCOLS`, else a ConfigError with a suggestion."""
+    if protocol not in PROTOCOLS:
+        close = difflib.get_close_matches(protocol, PROTOCOLS, n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"Unknown protocol {protocol!r}.{hint} Protocols: {', '.join(PROTOCOLS)}.")
+    return protocol
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One record: a method (with overrides) on one dataset, shot count, seed and protocol.
@@ -421,10 +430,7 @@ class RunSpec:
                 f"--shots must be a positive integer (0 only for methods that read no support "
                 f"images), got {self.shots}. Standard: 1,2,4,8,16."
             )
-        if self.protocol not in PROTOCOLS:
-            close = difflib.get_close_matches(self.protocol, PROTOCOLS, n=1)
-            hint = f" Did you mean {close[0]}?" if close else ""
-            raise ConfigError(f"Unknown protocol {self.protocol!r}.{hint} Protocols: {', '.join(PROTOCOLS)}.")
+        check_protocol(self.protocol)
         if self.aug_views < 0:
             raise ConfigError(f"--aug-views must be >= 0 or 'online', got {self.aug_views}.")
         if self.target and self.protocol not in TRANSFER_PROTOCOLS:
@@ -524,4 +530,4 @@ class RunResult:
         return cls(**data)
 
 
-__all__ += ["PROTOCOLS", "RUN_PRECISIONS", "SHOTS", "TRANSFER_PROTOCOLS", "RunResult"]
+__all__ += ["PROTOCOLS", "RUN_PRECISIONS", "SHOTS", "TRANSFER_PROTOCOLS", "RunResult", "check_protocol"]
