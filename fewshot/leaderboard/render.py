@@ -63,6 +63,9 @@ _CONVENTIONS = """\
 - `†`: at least one run of the cell (or of the datasets averaged) used a split that fewshot
   generated because the official split file was absent (`split_source` "generated" in the
   record): not comparable with published numbers.
+- `‡`: at least one run of the cell (or of the datasets averaged) chose something (an epoch, a
+  hyper-parameter) by its test accuracy (`selected_on_test` true in the record's provenance;
+  no built-in method does): not comparable with results selected on validation data.
 - Failed runs are listed below and never averaged. Runs whose dataset version, split hash,
   method version or method code (its digest) differ are never averaged together: such cells
   read `⚠ k versions`, block the averages that need them, and each version group is listed
