@@ -241,6 +241,31 @@ def test_latex_tables(toy: tuple[Path, Path]) -> None:
     )
 
 
+def test_latex_compiles(toy: tuple[Path, Path], tmp_path: Path) -> None:
+    """Where pdflatex is installed (texlive-latex-recommended has booktabs), the tables
+    compile, with a method variant full of LaTeX's special characters."""
+    import shutil
+
+    if shutil.which("pdflatex") is None:
+        pytest.skip("no pdflatex installed")
+    root = toy_records(tmp_path / "runs")
+    for seed in (1, 2):
+        odd = (("ctx_init", r"[a]_#photo & 50%~{x}^\end"),)
+        _write(root, RunSpec("coop", "toy-shapes", seed=seed, overrides=odd), {"all": 70.0 + seed})
+    tex = to_latex(build_leaderboard(root))
+    preamble = "\\documentclass{article}\\usepackage{booktabs}\\usepackage{graphicx}\\begin{document}\n"
+    (tmp_path / "doc.tex").write_text(preamble + tex + "\n\\end{document}\n")
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+
+
 def test_cli_formats(toy: tuple[Path, Path], tmp_path: Path) -> None:
     runner = CliRunner()
     runs, reported = toy
