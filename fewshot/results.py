@@ -80,6 +80,10 @@ PROVENANCE_KEYS = (
     "method_origin",  # {kind, target, distribution, version}
     "method_version",
     "code_digest",  # fewshot.codeid: the method's code, comments and docstrings excluded
+    # True when the run chose anything (epoch, hyper-parameter) by its test accuracy; absent
+    # means False. No built-in method sets it: it is for plugins and imported records, and
+    # the leaderboard marks such results ‡.
+    "selected_on_test",
 )
 
 COST_KEYS = ("wall_time_s", "fit_time_s", "peak_memory_mb", "trainable_params", "images_encoded")
@@ -109,6 +113,7 @@ RECORD_COLUMNS = (
     "dataset_version",
     "split_source",
     "generated_split",
+    "selected_on_test",
     "method_version",
     "code_digest",
     "method_kind",
@@ -285,6 +290,8 @@ def _run_columns(result: RunResult, path: Path | None) -> dict[str, Any]:
     # Trained or scored on a split fewshot generated (no official split file): not comparable
     # with published numbers, and labelled so in the leaderboard.
     row["generated_split"] = "generated" in (prov.get("split_source"), prov.get("target_split_source"))
+    # Model selection that looked at the test split (never by a built-in method): marked ‡.
+    row["selected_on_test"] = prov.get("selected_on_test") is True
     for key in COST_KEYS:
         value = costs.get(key)
         row[key] = float(value) if value is not None else math.nan
@@ -329,6 +336,7 @@ def records_frame(results: Iterable[RunResult], paths: Iterable[Path | None] | N
             "accuracy": "float64",
             "applicable": "bool",
             "generated_split": "bool",
+            "selected_on_test": "bool",
         }
     )
 

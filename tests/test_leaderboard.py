@@ -20,6 +20,8 @@ def record(root: Path, method: str, dataset: str, seed: int, metrics: dict, **kw
     status = str(kw.pop("status", "ok"))
     error = kw.pop("error", None)
     prov = {"split_hash": kw.pop("split", "s1"), "dataset_version": "1", "split_source": kw.pop("source", "")}
+    if "selected_on_test" in kw:
+        prov["selected_on_test"] = kw.pop("selected_on_test")
     spec = RunSpec(method, dataset, seed=seed, **kw)  # type: ignore[arg-type]
     result = RunResult(spec, status, metrics, {"wall_time_s": 1.0}, {}, prov, error)  # type: ignore[arg-type]
     write_record(result, spec.record_path(root))
@@ -165,6 +167,23 @@ def test_generated_splits_are_marked_up_to_the_average(tmp_path: Path) -> None:
     assert "`†`" in to_markdown(lb)
     generated = lb.cells.set_index(["dataset", "space"])["generated"]
     assert bool(generated[("toy-colors", "all")]) and not bool(generated[("toy-shapes", "all")])
+
+
+def test_selected_on_test_is_marked_up_to_the_average(tmp_path: Path) -> None:
+    """``selected_on_test`` in provenance (absent: False) marks the cell and its averages ‡."""
+    root = tmp_path / "runs"
+    record(root, "coop", "toy-shapes", 1, {"all": 70.0})
+    record(root, "coop", "toy-colors", 1, {"all": 60.0}, selected_on_test=True)
+    record(root, "coop", "toy-colors", 1, {"base": 60.0, "novel": 50.0}, protocol="base2novel")
+    record(root, "coop", "toy-shapes", 1, {"base": 70.0, "novel": 50.0}, protocol="base2novel")
+    lb = build_leaderboard(root)
+    row = lb.fewshot.set_index("Method").loc["coop"]
+    assert row["toy-colors"] == "60.00 (n=1) ‡" and row["toy-shapes"] == "70.00 (n=1)"
+    assert row["Average"] == "65.00 ‡"
+    assert not lb.base2novel["HM"].str.contains("‡").any()  # no run of base-to-novel set it
+    flags = lb.cells.set_index(["protocol", "dataset", "space"])["selected_on_test"]
+    assert bool(flags[("fewshot", "toy-colors", "all")]) and not bool(flags[("fewshot", "toy-shapes", "all")])
+    assert "`‡`" in to_markdown(lb)
 
 
 def test_reported_numbers_joined(runs: Path, tmp_path: Path) -> None:

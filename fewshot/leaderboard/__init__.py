@@ -2,8 +2,11 @@
 
 ``build_leaderboard(results_dir)`` reads every record (``fewshot.results.load_records``) and
 aggregates seeds into cells; ``write_leaderboard(lb, out_dir)`` writes ``leaderboard.csv``
-(the long, numeric form: one row per cell) and ``LEADERBOARD.md`` (views of it). Nothing
-here trains or reads logs; the same records always give byte-identical files.
+(the long, numeric form: one row per cell) and ``LEADERBOARD.md`` (views of it), and with
+``formats`` also ``leaderboard.html`` (:mod:`.html`: tables and :mod:`.plots`, one
+self-contained page) and ``leaderboard.tex`` (:mod:`.latex`: booktabs tables); both render
+the numeric grids of :mod:`.grids`. Nothing here trains or reads logs; the same records
+always give byte-identical files.
 
 Conventions (docs/methods.md#evaluation-protocols):
 

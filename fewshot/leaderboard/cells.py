@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 __all__ = [
     "AVERAGE",
     "CELL_COLUMNS",
+    "FLAGS",
     "KEY",
     "ROW",
     "SPACE_ORDER",
     "VERSION",
     "build_cells",
+    "cost_cells",
     "join_reported",
     "ordered",
 ]
@@ -41,10 +43,12 @@ CELL_COLUMNS = [
     "applicable",
     "conflict",
     "generated",
+    "selected_on_test",
     *VERSION,
 ]
 AVERAGE = "Average"  # the dataset name of average rows
 SPACE_ORDER = ["all", "base", "novel", "hm", "hm_per_dataset_mean"]  # then targets, then "mean"
+FLAGS = ("generated", "selected_on_test")  # marks that carry up from any run to every average
 
 
 # ------------------------------------------------------------------------------------------
@@ -101,6 +105,7 @@ def _cell(keys: dict[str, Any], space: str, kind: str, mean: float, **extra: Any
         "applicable": not math.isnan(mean),
         "conflict": False,
         "generated": False,
+        "selected_on_test": False,
     }
     row.update(extra)
     return row
@@ -124,6 +129,7 @@ def _seed_cells(ok: pd.DataFrame) -> list[dict[str, Any]]:
                 ci95=stats["ci95"],
                 n=len(values),
                 generated=bool(group["generated_split"].any()),
+                selected_on_test=bool(group["selected_on_test"].any()),
             )
         )
     return rows
@@ -148,19 +154,24 @@ def _hm_cells(seeds: pd.DataFrame) -> list[dict[str, Any]]:
                 hm,
                 n=min(base["n"], novel["n"]),
                 conflict=bool(base["conflict"] or novel["conflict"]),
-                generated=bool(base["generated"] or novel["generated"]),
+                **{flag: bool(base[flag] or novel[flag]) for flag in FLAGS},
             )
         )
     return rows
 
 
+def _flags(group: pd.DataFrame) -> dict[str, bool]:
+    """The marks of an average: set where any cell averaged has them."""
+    return {flag: bool(group[flag].any()) for flag in FLAGS}
+
+
 def _average_row(
-    keys: Any, dataset: str, space: str, values: list[float], n: int, generated: bool
+    keys: Any, dataset: str, space: str, values: list[float], n: int, flags: dict[str, bool]
 ) -> dict[str, Any]:
     """A mean over datasets (or targets); NaN (not applicable) if any value is."""
     mean = math.nan if any(math.isnan(v) for v in values) else math.fsum(values) / len(values)
     key_cols = {**dict(zip(ROW, keys, strict=True)), "dataset": dataset, **dict.fromkeys(VERSION, "")}
-    return _cell(key_cols, space, "average", mean, n_datasets=n, generated=generated)
+    return _cell(key_cols, space, "average", mean, n_datasets=n, **flags)
 
 
 def _dataset_averages(cells: pd.DataFrame) -> list[dict[str, Any]]:
@@ -173,9 +184,9 @@ def _dataset_averages(cells: pd.DataFrame) -> list[dict[str, Any]]:
             if set(group["dataset"]) != datasets or group["conflict"].any():
                 continue  # incomplete or conflicted: no average (the display says why)
             means = {s: g["mean"].tolist() for s, g in group.groupby("space")}
-            generated = bool(group["generated"].any())
+            flags = _flags(group)
             averages = {
-                space: _average_row(keys, AVERAGE, space, means[space], len(datasets), generated)
+                space: _average_row(keys, AVERAGE, space, means[space], len(datasets), flags)
                 for space in ("all", "base", "novel")
                 if space in means
             }
@@ -184,10 +195,10 @@ def _dataset_averages(cells: pd.DataFrame) -> list[dict[str, Any]]:
                 base, novel = averages["base"]["mean"], averages["novel"]["mean"]
                 # The convention of the CoCoOp/MaPLe tables: HM of the averaged base and novel.
                 hm = harmonic_mean(base, novel) if not math.isnan(base + novel) else math.nan
-                rows.append(_average_row(keys, AVERAGE, "hm", [hm], len(datasets), generated))
+                rows.append(_average_row(keys, AVERAGE, "hm", [hm], len(datasets), flags))
                 per_dataset = means.get("hm", [math.nan])
                 rows.append(
-                    _average_row(keys, AVERAGE, "hm_per_dataset_mean", per_dataset, len(datasets), generated)
+                    _average_row(keys, AVERAGE, "hm_per_dataset_mean", per_dataset, len(datasets), flags)
                 )
     return rows
 
@@ -201,8 +212,9 @@ def _target_means(cells: pd.DataFrame) -> list[dict[str, Any]]:
         for keys, group in table.groupby(KEY, sort=True):
             if set(group["space"]) != targets or group["conflict"].any():
                 continue
-            generated = bool(group["generated"].any())
-            row = _average_row(keys[:-1], keys[-1], "mean", group["mean"].tolist(), len(targets), generated)
+            row = _average_row(
+                keys[:-1], keys[-1], "mean", group["mean"].tolist(), len(targets), _flags(group)
+            )
             rows.append(row)
     return rows
 
@@ -247,9 +259,29 @@ def build_cells(records: pd.DataFrame) -> pd.DataFrame:
             "applicable": "bool",
             "conflict": "bool",
             "generated": "bool",
+            "selected_on_test": "bool",
         }
     )
     return _sort(cells)
+
+
+def cost_cells(records: pd.DataFrame) -> pd.DataFrame:
+    """Per method row (:data:`ROW`): the mean ``fit_time_s`` and ``trainable_params`` of its ok
+    runs (one per dataset and seed; NaN where no run recorded them) and ``runs``, the count."""
+    import pandas as pd
+
+    runs = records[records["status"] == "ok"].drop_duplicates("spec_hash")
+    costs = runs.groupby(ROW, sort=True).agg(
+        fit_time_s=("fit_time_s", "mean"),
+        trainable_params=("trainable_params", "mean"),
+        runs=("spec_hash", "size"),
+    )
+    columns = [*ROW, "fit_time_s", "trainable_params", "runs"]
+    return (
+        pd.DataFrame(costs.reset_index(), columns=columns)
+        if not runs.empty
+        else pd.DataFrame(columns=columns)
+    )
 
 
 def join_reported(cells: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:

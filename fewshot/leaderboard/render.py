@@ -16,7 +16,7 @@ from fewshot.types import RunResult
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["summary_table", "to_markdown", "write_leaderboard"]
+__all__ = ["FORMATS", "summary_table", "to_markdown", "write_leaderboard"]
 
 OK_RUNS, FAILED_RUNS = "runs ok", "runs failed"  # summary columns: one run = one seed on one dataset
 
@@ -63,6 +63,9 @@ _CONVENTIONS = """\
 - `†`: at least one run of the cell (or of the datasets averaged) used a split that fewshot
   generated because the official split file was absent (`split_source` "generated" in the
   record): not comparable with published numbers.
+- `‡`: at least one run of the cell (or of the datasets averaged) chose something (an epoch, a
+  hyper-parameter) by its test accuracy (`selected_on_test` true in the record's provenance;
+  no built-in method does): not comparable with results selected on validation data.
 - Failed runs are listed below and never averaged. Runs whose dataset version, split hash,
   method version or method code (its digest) differ are never averaged together: such cells
   read `⚠ k versions`, block the averages that need them, and each version group is listed
@@ -103,14 +106,51 @@ def to_markdown(lb: Leaderboard) -> str:
     return "\n".join(parts)
 
 
-def write_leaderboard(lb: Leaderboard, out_dir: Path) -> list[Path]:
-    """Write ``leaderboard.csv`` (``lb.cells``) and ``LEADERBOARD.md`` atomically; return the paths."""
+FORMATS = {
+    "csv": "leaderboard.csv",
+    "md": "LEADERBOARD.md",
+    "html": "leaderboard.html",
+    "latex": "leaderboard.tex",
+}
+
+
+def _render(lb: Leaderboard, fmt: str) -> str:
+    if fmt == "csv":
+        # A fixed float format keeps the file identical across platforms for identical records.
+        return str(lb.cells.to_csv(index=False, float_format="%.4f", lineterminator="\n"))
+    if fmt == "md":
+        return to_markdown(lb)
+    if fmt == "html":
+        from fewshot.leaderboard.html import to_html  # matplotlib: only when a page is asked for
+
+        return to_html(lb)
+    if fmt == "latex":
+        from fewshot.leaderboard.latex import to_latex
+
+        return to_latex(lb)
+    raise ValueError(f"Unknown leaderboard format {fmt!r}; expected one of {', '.join(FORMATS)}.")
+
+
+def write_leaderboard(lb: Leaderboard, out_dir: Path, formats: Sequence[str] = ("csv", "md")) -> list[Path]:
+    """Write the files of ``formats`` (:data:`FORMATS`: ``leaderboard.csv``, ``LEADERBOARD.md``,
+    ``leaderboard.html``, ``leaderboard.tex``) atomically, in that order; return their paths.
+
+    Every file is rendered before the first is written, so a failure leaves the folder as it was.
+    """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(
+            f"Unknown leaderboard format(s) {', '.join(unknown)}; expected {', '.join(FORMATS)}."
+        )
     out_dir = Path(out_dir)
-    csv_path, md_path = out_dir / "leaderboard.csv", out_dir / "LEADERBOARD.md"
-    # A fixed float format keeps the file identical across platforms for identical records.
-    atomic_write_text(csv_path, lb.cells.to_csv(index=False, float_format="%.4f", lineterminator="\n"))
-    atomic_write_text(md_path, to_markdown(lb))
-    return [csv_path, md_path]
+    chosen = [f for f in FORMATS if f in formats]
+    texts = {fmt: _render(lb, fmt) for fmt in chosen}
+    paths = []
+    for fmt in chosen:
+        path = out_dir / FORMATS[fmt]
+        atomic_write_text(path, texts[fmt])
+        paths.append(path)
+    return paths
 
 
 # ------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fewshot.leaderboard.cells import AVERAGE, VERSION, build_cells, join_reported, ordered
+from fewshot.leaderboard.cells import AVERAGE, VERSION, build_cells, cost_cells, join_reported, ordered
 from fewshot.reported import REPORTED_COLUMNS, read_reported
 from fewshot.results import load_records
 from fewshot.types import PROTOCOLS
@@ -14,10 +14,11 @@ from fewshot.types import PROTOCOLS
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["GENERATED", "MISSING", "NA", "Leaderboard", "build_leaderboard"]
+__all__ = ["GENERATED", "MISSING", "NA", "SELECTED_ON_TEST", "Leaderboard", "build_leaderboard", "marks"]
 
 NA, MISSING = "n/a", "—"
 GENERATED = "†"  # marks results on a split fewshot generated (no official split file)
+SELECTED_ON_TEST = "‡"  # marks results of runs that selected anything on the test split
 
 
 @dataclass
@@ -30,7 +31,8 @@ class Leaderboard:
     and ``citation`` where a published number matches. The other frames hold display
     strings: ``fewshot`` and ``base2novel`` wide tables, ``transfer`` one table per other
     protocol, ``headline`` one number per method row, ``failed`` and ``conflicts`` lists,
-    ``comparison`` reproduced against published numbers.
+    ``comparison`` reproduced against published numbers. ``costs``: per method row, the
+    mean fit time and trainable parameters of its runs (``cells.cost_cells``).
     """
 
     cells: pd.DataFrame
@@ -41,12 +43,19 @@ class Leaderboard:
     failed: pd.DataFrame
     conflicts: pd.DataFrame
     comparison: pd.DataFrame
+    costs: pd.DataFrame
     n_records: int = 0
     source: str = ""
 
 
 # ------------------------------------------------------------------------------------------
 # Display tables (strings)
+
+
+def marks(row: Any) -> str:
+    """`` †`` / `` ‡`` / `` † ‡``: the marks of a cell row (generated split, selected on test)."""
+    found = [m for flag, m in (("generated", GENERATED), ("selected_on_test", SELECTED_ON_TEST)) if row[flag]]
+    return "".join(f" {m}" for m in found)
 
 
 def _cell_text(sub: pd.DataFrame) -> str:
@@ -59,7 +68,7 @@ def _cell_text(sub: pd.DataFrame) -> str:
     row = sub.iloc[0]
     if not row["applicable"]:
         return NA
-    mark = f" {GENERATED}" if row["generated"] else ""
+    mark = marks(row)
     if row["kind"] != "seeds":
         return f"{row['mean']:.2f}{mark}"
     if int(row["n"]) == 1:
@@ -320,6 +329,7 @@ def build_leaderboard(results_dir: Path, reported_dir: Path | None = None) -> Le
         failed=_failed_table(records),
         conflicts=_conflict_table(cells),
         comparison=_comparison_table(cells),
+        costs=cost_cells(records),
         n_records=int(records["spec_hash"].nunique()),
         source=str(results_dir),
     )
