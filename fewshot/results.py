@@ -44,6 +44,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "NewerRecordError",
     "collect_provenance",
+    "command_line",
     "find_record",
     "iter_records",
     "load_records",
@@ -80,6 +81,8 @@ PROVENANCE_KEYS = (
     "method_origin",  # {kind, target, distribution, version}
     "method_version",
     "code_digest",  # fewshot.codeid: the method's code, comments and docstrings excluded
+    "executor",  # where the run ran: local, ray or slurm (fewshot.executors)
+    "log",  # a Slurm job's log file (its stdout and stderr)
 )
 
 COST_KEYS = ("wall_time_s", "fit_time_s", "peak_memory_mb", "trainable_params", "images_encoded")
@@ -405,6 +408,11 @@ def _accelerator(device: str) -> dict[str, Any]:
     return info
 
 
+def command_line() -> str | None:
+    """This process's command line, as a record shows it (``fewshot run -m coop ...``)."""
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None
+
+
 def collect_provenance(**extra: Any) -> dict[str, Any]:
     """Versions and environment for a result record; ``extra`` keys are added (and win).
 
@@ -422,7 +430,7 @@ def collect_provenance(**extra: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
+        "command": command_line(),
         **_accelerator(str(extra.get("device", ""))),
     }
     prov.update(extra)
