@@ -168,9 +168,11 @@ def execute_fit(
 def lost_fit(job: FitJob, reason: str, log: str = "") -> FitOutcome:
     """A fit whose worker died or whose job ended without a result: failure records for the
     driver to write (:func:`write_results`), with the reason and the job's log."""
+    from fewshot.results import collect_provenance
+
     extra = {"executor": job.executor, "log": log, "command": job.command}
-    extra = {key: value for key, value in extra.items() if value}
-    failed = [RunResult(spec, "failed", error=reason, provenance=extra) for spec in job.todo]
+    provenance = collect_provenance(**{key: value for key, value in extra.items() if value})
+    failed = [RunResult(spec, "failed", error=reason, provenance=provenance) for spec in job.todo]
     return FitOutcome(tuple(failed), 0, lost=True)
 
 
