@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from fewshot.types import RunSpec
 
 if TYPE_CHECKING:
+    from fewshot.executors import Executor
     from fewshot.planning import SweepPlan
     from fewshot.types import RunResult
 
@@ -45,11 +46,13 @@ def sweep(
     *,
     results_dir: str | Path = "results/runs",
     cache_dir: str | Path | None = None,
+    executor: Executor | None = None,
     **options: Any,
 ) -> list[RunResult]:
     """Run a plan (or the plan of ``options``, as :func:`plan` takes them), writing one
     record per run under ``results_dir`` and skipping runs already recorded; returns the
-    results in plan order (failed runs have ``ok`` false and an ``error``)."""
+    results in plan order (failed runs have ``ok`` false and an ``error``). ``executor``
+    runs the fits elsewhere (:mod:`fewshot.executors`: ``RayExecutor``, ``SlurmExecutor``)."""
     from fewshot import sweeps
     from fewshot.features import FeatureCache
     from fewshot.planning import SweepPlan
@@ -58,7 +61,8 @@ def sweep(
         plan = SweepPlan.from_options(options.pop("methods", None), options.pop("datasets", None), **options)
     elif options:
         raise TypeError(f"sweep() takes a plan or plan options, not both (got {', '.join(options)}).")
-    return sweeps.sweep(plan, results_dir=Path(results_dir), cache=FeatureCache(cache_dir))
+    cache = FeatureCache(cache_dir)
+    return sweeps.sweep(plan, results_dir=Path(results_dir), cache=cache, executor=executor)
 
 
 def run(

@@ -170,9 +170,10 @@ class SweepPlan:
                 out[name] = dataset.fix_hint()
         return out
 
-    def check_ready(self) -> None:
+    def check_ready(self, *, backbone_device: str | None = None) -> None:
         """Fail before the first run on what would fail every run: missing datasets, a
-        backbone whose weights cannot be loaded."""
+        backbone whose weights cannot be loaded. ``backbone_device`` loads the backbone there
+        instead of on the runs' device (a driver whose runs go to GPU workers: ``cpu``)."""
         from fewshot.backbones import load_backbone
 
         missing = self.missing()
@@ -186,7 +187,7 @@ class SweepPlan:
             lines = [f"{name}: missing — {hint}" for name, hint in missing.items()]
             raise ConfigError(unset + "Datasets missing:\n  " + "\n  ".join(lines))
         self._check_shots_fit()
-        for backbone, device in sorted({(s.backbone, s.device) for s in self.specs}):
+        for backbone, device in sorted({(s.backbone, backbone_device or s.device) for s in self.specs}):
             load_backbone(backbone, device)
 
     def _check_shots_fit(self) -> None:

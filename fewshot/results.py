@@ -44,6 +44,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "NewerRecordError",
     "collect_provenance",
+    "command_line",
     "find_record",
     "iter_records",
     "load_records",
@@ -84,6 +85,8 @@ PROVENANCE_KEYS = (
     # means False. No built-in method sets it: it is for plugins and imported records, and
     # the leaderboard marks such results ‡.
     "selected_on_test",
+    "executor",  # where the run ran: local, ray or slurm (fewshot.executors)
+    "log",  # a Slurm job's log file (its stdout and stderr)
 )
 
 COST_KEYS = ("wall_time_s", "fit_time_s", "peak_memory_mb", "trainable_params", "images_encoded")
@@ -413,6 +416,11 @@ def _accelerator(device: str) -> dict[str, Any]:
     return info
 
 
+def command_line() -> str | None:
+    """This process's command line, as a record shows it (``fewshot run -m coop ...``)."""
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None
+
+
 def collect_provenance(**extra: Any) -> dict[str, Any]:
     """Versions and environment for a result record; ``extra`` keys are added (and win).
 
@@ -430,7 +438,7 @@ def collect_provenance(**extra: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
+        "command": command_line(),
         **_accelerator(str(extra.get("device", ""))),
     }
     prov.update(extra)

@@ -1,8 +1,11 @@
 """Sweeps: a validated plan run fit by fit, one record per run, resumable.
 
 ``sweep(plan)`` runs a :class:`~fewshot.planning.SweepPlan` (a list of specs is planned
-first, and validated the same way), one fit at a time through :func:`fewshot.runner.run_fit`,
-and writes each record atomically under the results folder.
+first, and validated the same way) and writes each record atomically under the results
+folder. The driver (:func:`sweep`) decides, per fit, which records to reuse; an executor
+(:mod:`fewshot.executors`: in this process, Ray or Slurm) runs the rest, each fit through
+:func:`execute_fit`, which runs :func:`fewshot.runner.run_fit` and writes the fit's records
+where it runs. So every rule below holds under every executor.
 
 - A run whose record exists with the same spec hash, made by the same code
   (``provenance.code_digest``, :mod:`fewshot.codeid`), is skipped: a killed sweep resumes
@@ -10,7 +13,8 @@ and writes each record atomically under the results folder.
   (``rerun="stale"``), every selected run with ``rerun="all"`` (``--force``), none with
   ``rerun="none"`` (``--no-rerun-stale``). A replaced record is first copied to
   ``<results>/.history/``; nothing is overwritten in place.
-- A run that fails writes a failure record and the sweep goes on. A record that cannot be
+- A run that fails writes a failure record and the sweep goes on; so does a fit whose worker
+  died or whose job ended without a result (the driver writes those). A record that cannot be
   written (a folder in its place, no permission) fails that run, with the reason; a full disk
   stops the sweep with one line saying what was saved. A record written by a newer fewshot is
   kept and never overwritten.
@@ -22,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,17 +36,28 @@ import torch
 from fewshot import runner
 from fewshot._io import atomic_write_bytes, ensure_writable_dir
 from fewshot.codeid import code_digest
-from fewshot.results import NewerRecordError, find_record, write_record
+from fewshot.results import NewerRecordError, command_line, find_record, write_record
 from fewshot.types import FewshotError, RunResult, RunSpec
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from fewshot.executors import Executor
     from fewshot.features import FeatureCache
-    from fewshot.planning import SweepPlan
+    from fewshot.planning import PlannedFit, SweepPlan
     from fewshot.runner import ProgressFn
 
-__all__ = ["RERUN", "DiskFullError", "SweepInterrupted", "sweep"]
+__all__ = [
+    "RERUN",
+    "DiskFullError",
+    "FitJob",
+    "FitOutcome",
+    "SweepInterrupted",
+    "execute_fit",
+    "lost_fit",
+    "sweep",
+    "write_results",
+]
 
 RERUN = ("stale", "all", "none")
 HISTORY = ".history"
@@ -68,12 +83,15 @@ def sweep(
     cache: FeatureCache | None = None,
     console: Console | None = None,
     rerun: str = "stale",
+    executor: Executor | None = None,
 ) -> list[RunResult]:
     """Run every fit of ``plan``, writing one record per run; skip runs already recorded by
     the same code (see the module docstring for ``rerun``). ``data_root`` is for a list of
-    specs (a plan carries its own). Returns the results in plan order."""
+    specs (a plan carries its own). ``executor`` runs the fits (default: in this process,
+    one after the other; :mod:`fewshot.executors`). Returns the results in plan order."""
     from rich.console import Console
 
+    from fewshot.executors import LocalExecutor
     from fewshot.features import FeatureCache
     from fewshot.planning import SweepPlan
 
@@ -81,46 +99,169 @@ def sweep(
         raise ValueError(f"rerun must be one of {', '.join(RERUN)}, got {rerun!r}.")
     if not isinstance(plan, SweepPlan):
         plan = SweepPlan.from_specs(plan, data_root=data_root)
+    executor = executor if executor is not None else LocalExecutor()
     console = console or Console(stderr=True)
     cache = cache if cache is not None else FeatureCache()
-    plan.check_ready()  # reads only: nothing is created for input that is refused
+    executor.require()  # an extra that is not installed: one line, before anything is read
+    plan.check_ready(backbone_device=None if executor.in_process else "cpu")  # reads only
     fix = "pass --results DIR (a folder you can write)"
     ensure_writable_dir(Path(results_dir), "The results folder", fix)
     cache.check_usable()
-    state = _Sweep(Path(results_dir), plan.data_root, cache, rerun)
+    state = _Sweep(Path(results_dir), plan.data_root, cache, rerun, executor)
     try:
         with _SweepProgress(console, len(plan.fits)) as bar, _threads_for(plan.specs):
-            for planned in plan.fits:
-                state.run(planned.records, bar)
+            state.run(plan.fits, bar)
     except KeyboardInterrupt as exc:
         raise SweepInterrupted(state.written, Path(results_dir)) from exc
     return [state.done[spec] for spec in plan.specs]
 
 
+@dataclass(frozen=True)
+class FitJob:
+    """The unit of work of every executor: the records of one fit that still need running.
+
+    Picklable (specs and paths only), so that a Ray task or a Slurm job gets it as it is.
+    ``executor`` and ``log`` (a Slurm job's log file) go into each record's provenance.
+    """
+
+    todo: tuple[RunSpec, ...]
+    results_dir: Path
+    data_root: Path | None
+    cache_root: Path
+    executor: str = "local"
+    log: str = ""
+    command: str = ""  # the driver's command line (a worker's own is the executor's)
+
+    @property
+    def head(self) -> str:
+        """The fit in a few words, e.g. ``coop toy-colors k16 s1``."""
+        return _head(self.todo[0].fit_spec)
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """What a fit gives back: its results, how many records it wrote, and, when the disk
+    filled up, where (the results of records not written are left out)."""
+
+    results: tuple[RunResult, ...]
+    written: int
+    disk_full: str | None = None
+    lost: bool = False  # the job died without writing: the driver writes these failure records
+
+
+def execute_fit(
+    job: FitJob, *, cache: FeatureCache | None = None, progress: ProgressFn | None = None
+) -> FitOutcome:
+    """The worker side of a sweep, the same under every executor: run the fit of
+    ``job.todo`` (a run that raises becomes a failure record) and write each record as the
+    sweep writes it (history copy first, atomic; a write that fails fails its run)."""
+    from fewshot.features import FeatureCache
+
+    cache = cache if cache is not None else FeatureCache(job.cache_root)
+    with _threads_for(job.todo):
+        results = _run_or_fail(list(job.todo), job.data_root, cache, progress)
+    where = {"executor": job.executor, "log": job.log, "command": job.command}
+    where = {key: value for key, value in where.items() if value}
+    return write_results(job, [replace(r, provenance={**r.provenance, **where}) for r in results])
+
+
+def lost_fit(job: FitJob, reason: str, log: str = "") -> FitOutcome:
+    """A fit whose worker died or whose job ended without a result: failure records for the
+    driver to write (:func:`write_results`), with the reason and the job's log."""
+    from fewshot.results import collect_provenance
+
+    extra = {"executor": job.executor, "log": log, "command": job.command}
+    provenance = collect_provenance(**{key: value for key, value in extra.items() if value})
+    failed = [RunResult(spec, "failed", error=reason, provenance=provenance) for spec in job.todo]
+    return FitOutcome(tuple(failed), 0, lost=True)
+
+
+def write_results(job: FitJob, results: Sequence[RunResult]) -> FitOutcome:
+    """Write each run's record; stop at a full disk (the outcome says where)."""
+    out: list[RunResult] = []
+    written = 0
+    for result in results:
+        try:
+            result, ok = _write(job.results_dir, result)
+        except _DiskFull as full:
+            return FitOutcome(tuple(out), written, disk_full=str(full))
+        out.append(result)
+        written += ok
+    return FitOutcome(tuple(out), written)
+
+
+class _DiskFull(Exception):
+    """No space left writing a record; the message says which and why."""
+
+
+def _write(results_dir: Path, result: RunResult) -> tuple[RunResult, bool]:
+    """Write a run's record (the one it replaces goes to history first); a write that fails
+    makes the run a failure, a full disk raises :class:`_DiskFull`. Returns the result and
+    whether its record was written."""
+    path = result.spec.record_path(results_dir)
+    try:
+        _to_history(path, results_dir)
+        write_record(result, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _DiskFull(f"writing {path} ({exc.strerror})") from None
+        error = f"its record could not be written to {path}: {exc}"
+        return RunResult(result.spec, "failed", error=error, provenance=result.provenance), False
+    return result, True
+
+
 @dataclass
 class _Sweep:
-    """The state of one sweep: what is done, and how many records it wrote."""
+    """The driver's state of one sweep: what is done, and how many records it wrote."""
 
     results_dir: Path
     data_root: Path | None
     cache: FeatureCache
     rerun: str
+    executor: Executor
     done: dict[RunSpec, RunResult] = field(default_factory=dict)
     written: int = 0
     digests: dict[str, str] = field(default_factory=dict)
 
-    def run(self, records: Sequence[RunSpec], bar: _SweepProgress) -> None:
-        """One fit: reuse what is recorded, run the rest, write their records."""
-        todo = [spec for spec in dict.fromkeys(records) if not self._reuse(spec)]
-        fit_spec = records[0].fit_spec
-        head = f"{fit_spec.variant} {fit_spec.dataset} k{fit_spec.shots} s{fit_spec.seed}"
-        if not todo:
-            bar.advance(f"{head}: recorded, skipped")
+    def run(self, fits: Sequence[PlannedFit], bar: _SweepProgress) -> None:
+        """Reuse what is recorded (here, reading the shared results folder), hand the rest
+        to the executor, and take each fit's outcome as it finishes."""
+        jobs = []
+        for planned in fits:
+            todo = tuple(spec for spec in dict.fromkeys(planned.records) if not self._reuse(spec))
+            if todo:
+                jobs.append(self._job(todo))
+            else:
+                bar.advance(f"{_head(planned.spec)}: recorded, skipped")
+        if not jobs:
             return
-        bar.start(head)
-        results = _run_or_fail(todo, self.data_root, self.cache, bar.epochs)
-        results = [self._write(spec, result) for spec, result in zip(todo, results, strict=True)]
-        bar.advance("\n".join(_one_line(result) for result in results))
+        with contextlib.closing(self.executor.run(jobs, cache=self.cache, progress=bar)) as outcomes:
+            for job, outcome in outcomes:
+                self._take(job, outcome, bar)
+
+    def _job(self, todo: tuple[RunSpec, ...]) -> FitJob:
+        """The job of one fit; a remote worker gets absolute paths (its working folder differs)."""
+        if self.executor.in_process:
+            return FitJob(todo, self.results_dir, self.data_root, self.cache.root)
+        data_root = self.data_root.absolute() if self.data_root is not None else None
+        results_dir, cache_root = self.results_dir.absolute(), self.cache.root.absolute()
+        command = command_line() or ""
+        return FitJob(todo, results_dir, data_root, cache_root, self.executor.name, command=command)
+
+    def _take(self, job: FitJob, outcome: FitOutcome, bar: _SweepProgress) -> None:
+        """Keep a fit's results (writing the failure records of a lost job) and print them."""
+        if outcome.lost:
+            outcome = write_results(job, outcome.results)
+        self.written += outcome.written
+        for result in outcome.results:
+            self.done[result.spec] = result
+        if outcome.disk_full is not None:
+            raise DiskFullError(
+                f"The disk is full {outcome.disk_full}. {self.written} records of this sweep are in "
+                f"{self.results_dir}, intact; free space and rerun the same command to resume "
+                "(recorded runs are skipped)."
+            )
+        bar.advance("\n".join(_one_line(result) for result in outcome.results))
 
     def _reuse(self, spec: RunSpec) -> bool:
         """Keep the recorded result of ``spec`` if it stands; False when it must run."""
@@ -143,28 +284,6 @@ class _Sweep:
 
             self.digests[method] = code_digest(METHODS.get(method))
         return self.digests[method]
-
-    def _write(self, spec: RunSpec, result: RunResult) -> RunResult:
-        """Write a run's record (the one it replaces goes to history first); a write that
-        fails makes the run a failure, a full disk stops the sweep."""
-        path = result.spec.record_path(self.results_dir)
-        try:
-            _to_history(path, self.results_dir)
-            write_record(result, path)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(
-                    f"The disk is full writing {path} ({exc.strerror}). {self.written} records of this "
-                    f"sweep are in {self.results_dir}, intact; free space and rerun the same command "
-                    "to resume (recorded runs are skipped)."
-                ) from None
-            result = RunResult(
-                result.spec, "failed", error=f"its record could not be written to {path}: {exc}"
-            )
-        else:
-            self.written += 1
-        self.done[spec] = result
-        return result
 
 
 def _to_history(path: Path, results_dir: Path) -> None:
@@ -195,8 +314,12 @@ def _threads_for(specs: Sequence[RunSpec]) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _head(fit: RunSpec) -> str:
+    return f"{fit.variant} {fit.dataset} k{fit.shots} s{fit.seed}"
+
+
 def _run_or_fail(
-    specs: list[RunSpec], data_root: Path | None, cache: FeatureCache, progress: ProgressFn
+    specs: list[RunSpec], data_root: Path | None, cache: FeatureCache, progress: ProgressFn | None
 ) -> list[RunResult]:
     try:
         return runner.run_fit(specs, data_root=data_root, cache=cache, progress=progress)

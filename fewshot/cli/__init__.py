@@ -2,6 +2,7 @@
 
 Commands: ``run`` (:mod:`~fewshot.cli.run`: a sweep, or its plan with ``--dry-run``),
 ``list`` (:mod:`~fewshot.cli.listing`), ``leaderboard`` (:mod:`~fewshot.cli.leaderboard`),
+``status`` (:mod:`~fewshot.cli.status`: done, failed, pending and running runs),
 ``cache`` (:mod:`~fewshot.cli.cache`) and ``data`` (:mod:`~fewshot.cli.data`). torch,
 open_clip and pandas are imported inside the commands that need them, so ``fewshot --help``
 stays fast.
@@ -24,6 +25,7 @@ from fewshot.cli.data import data_app
 from fewshot.cli.leaderboard import leaderboard_command
 from fewshot.cli.listing import list_app
 from fewshot.cli.run import run_command
+from fewshot.cli.status import status_command
 
 __all__ = ["app", "main"]
 
@@ -39,6 +41,7 @@ app = typer.Typer(
 )
 app.command("run")(run_command)
 app.command("leaderboard")(leaderboard_command)
+app.command("status")(status_command)
 app.add_typer(list_app, name="list")
 app.add_typer(cache_app, name="cache")
 app.add_typer(data_app, name="data")

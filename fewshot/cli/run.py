@@ -10,7 +10,7 @@ import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
@@ -32,6 +32,7 @@ from fewshot.precision import PRECISIONS
 from fewshot.types import PROTOCOLS
 
 if TYPE_CHECKING:
+    from fewshot.executors import Executor
     from fewshot.features import FeatureCache
     from fewshot.planning import PlannedFit
 
@@ -135,6 +136,98 @@ NoCacheOpt = Annotated[
     bool,
     opt("--no-cache", help="Compute features in a temporary folder, removed at the end (no cache kept)."),
 ]
+EXECUTORS_PANEL = "Executors (where the fits run)"
+# The options of --executor ray and slurm, as run_command names its parameters.
+EXECUTOR_OPTIONS = (
+    "address",
+    "gpus_per_run",
+    "cpus_per_run",
+    "slurm_partition",
+    "slurm_time",
+    "slurm_array_parallelism",
+    "slurm_opt",
+    "slurm_folder",
+)
+ExecutorOpt = Annotated[
+    str,
+    opt(
+        "--executor",
+        metavar="local|ray|slurm",
+        help="local: in this process, one fit after the other; ray: each fit a Ray task; slurm: one "
+        "job array per sweep. With ray or slurm, workers read and write --results, --cache-dir and "
+        "--data-root themselves: give paths every worker sees (a shared filesystem).",
+        show_default=True,
+        rich_help_panel=EXECUTORS_PANEL,
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    opt(
+        "--address",
+        metavar="auto|ray://HOST:PORT",
+        help="ray: the cluster to join. \\[default: a Ray started on this machine, or $RAY_ADDRESS]",
+        rich_help_panel=EXECUTORS_PANEL,
+    ),
+]
+GpusPerRunOpt = Annotated[
+    int | None,
+    opt(
+        "--gpus-per-run",
+        metavar="N",
+        help="ray, slurm: GPUs per fit; with --device auto, N >= 1 runs on cuda. "
+        "\\[default: 1 with --device cuda, else 0]",
+        rich_help_panel=EXECUTORS_PANEL,
+    ),
+]
+CpusPerRunOpt = Annotated[
+    int | None,
+    opt(
+        "--cpus-per-run",
+        metavar="N",
+        help="ray, slurm: CPUs per fit. \\[default: 1]",
+        rich_help_panel=EXECUTORS_PANEL,
+    ),
+]
+SlurmPartitionOpt = Annotated[
+    str | None,
+    opt("--slurm-partition", metavar="NAME", help="slurm: the partition.", rich_help_panel=EXECUTORS_PANEL),
+]
+SlurmTimeOpt = Annotated[
+    int | None,
+    opt(
+        "--slurm-time",
+        metavar="MINUTES",
+        help="slurm: time limit of each job, in minutes. \\[default: 240]",
+        rich_help_panel=EXECUTORS_PANEL,
+    ),
+]
+SlurmParallelismOpt = Annotated[
+    int | None,
+    opt(
+        "--slurm-array-parallelism",
+        metavar="N",
+        help="slurm: jobs of the array running at once. \\[default: 256]",
+        rich_help_panel=EXECUTORS_PANEL,
+    ),
+]
+SlurmOptOpt = Annotated[
+    list[str] | None,
+    opt(
+        "--slurm-opt",
+        metavar="KEY=VALUE",
+        help="slurm: an extra sbatch option (mem=32G, account=lab, qos=high); repeatable.",
+        rich_help_panel=EXECUTORS_PANEL,
+    ),
+]
+SlurmFolderOpt = Annotated[
+    Path | None,
+    opt(
+        "--slurm-folder",
+        metavar="DIR",
+        help="slurm: the jobs' logs and pickles. \\[default: RESULTS/../slurm-logs/SWEEP_ID]",
+        rich_help_panel=EXECUTORS_PANEL,
+    ),
+]
 DryRunOpt = Annotated[
     bool,
     opt(
@@ -165,40 +258,50 @@ def run_command(
     force: ForceOpt = False,
     no_rerun_stale: NoRerunStaleOpt = False,
     dry_run: DryRunOpt = False,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    gpus_per_run: GpusPerRunOpt = None,
+    cpus_per_run: CpusPerRunOpt = None,
+    slurm_partition: SlurmPartitionOpt = None,
+    slurm_time: SlurmTimeOpt = None,
+    slurm_array_parallelism: SlurmParallelismOpt = None,
+    slurm_opt: SlurmOptOpt = None,
+    slurm_folder: SlurmFolderOpt = None,
 ) -> None:
     """Run methods x datasets x shots x seeds; one record per run; a summary at the end.
 
     Runs already recorded (same spec, same code) are skipped, so an interrupted sweep
     resumes; a record made by other code (an edited method) is rerun unless --no-rerun-stale.
     With --protocol cross-dataset or domain-generalization, each method is fitted once on
-    the source and scored on it and on every target: one record each.
+    the source and scored on it and on every target: one record each. With --executor ray or
+    slurm, the fits run on other machines, which read and write the results folder, the
+    feature cache and the data root themselves: give paths every worker sees.
     """
+    options = dict(locals())  # the parameters, before any other name is bound
+    given = {f"--{name.replace('_', '-')}": options[name] for name in EXECUTOR_OPTIONS}
     names = split_list(dataset) + split_list(suite)
     if not names and data_root is not None:
         print_error("No dataset given: pass --dataset NAME or --suite NAME (`fewshot list suites`).")
         raise typer.Exit(USER_ERROR_EXIT)
-    try:
-        plan = SweepPlan.from_options(
-            split_list(method) or None,
-            names,
-            shots=split_list(shots),
-            seeds=split_list(seeds),
-            protocol=protocol,
-            backbone=backbone,
-            source=source,
-            sets=list(set_ or []),
-            aug_views=aug_views,
-            precision=precision,
-            device=device,
-            data_root=data_root,
-        )
-    except PlanError as exc:
-        for problem in exc.problems:
-            print_error(problem)
-        raise typer.Exit(USER_ERROR_EXIT) from None
+    plan = _plan(
+        split_list(method) or None,
+        names,
+        shots=split_list(shots),
+        seeds=split_list(seeds),
+        protocol=protocol,
+        backbone=backbone,
+        source=source,
+        sets=list(set_ or []),
+        aug_views=aug_views,
+        precision=precision,
+        device=_plan_device(device, executor, gpus_per_run),
+        data_root=data_root,
+    )
+    runner = _executor(executor, plan, given, no_cache)
     if dry_run:
         show_plan(plan)
         return
+    runner.require()  # an extra that is not installed: one line, before anything else
     if force and no_rerun_stale:
         print_error("--force reruns every run and --no-rerun-stale keeps stale ones: give one of them.")
         raise typer.Exit(USER_ERROR_EXIT)
@@ -207,7 +310,38 @@ def run_command(
         err_console.print(Text(TOY_NOTICE.format(backbone=where), style="yellow"))
     rerun = "all" if force else "none" if no_rerun_stale else "stale"
     with _feature_cache(cache_dir, no_cache) as cache:
-        _sweep(plan, results, cache, rerun)
+        _sweep(plan, results, cache, rerun, runner)
+
+
+def _plan(methods: list[str] | None, names: list[str], **options: Any) -> SweepPlan:
+    """The validated plan; every problem is one red line, then exit 2."""
+    try:
+        return SweepPlan.from_options(methods, names, **options)
+    except PlanError as exc:
+        for problem in exc.problems:
+            print_error(problem)
+        raise typer.Exit(USER_ERROR_EXIT) from None
+
+
+def _plan_device(device: str, executor: str, gpus_per_run: int | None) -> str:
+    """Runs that go to workers with GPUs run on cuda, whatever this machine has."""
+    if device == "auto" and executor != "local" and (gpus_per_run or 0) > 0:
+        return "cuda"
+    return device
+
+
+def _executor(name: str, plan: SweepPlan, given: dict[str, Any], no_cache: bool) -> Executor:
+    """The executor of --executor and its options (checked: one line per mistake)."""
+    from fewshot.executors import executor_from_options
+
+    runner = executor_from_options(name, device=plan.specs[0].device, given=given)
+    if no_cache and not runner.in_process:
+        print_error(
+            f"--no-cache keeps features in a temporary folder on this machine, which {name} workers "
+            "cannot see: pass --cache-dir on a shared path instead."
+        )
+        raise typer.Exit(USER_ERROR_EXIT)
+    return runner
 
 
 @contextlib.contextmanager
@@ -222,12 +356,14 @@ def _feature_cache(cache_dir: Path | None, no_cache: bool) -> Iterator[FeatureCa
         yield FeatureCache(folder)
 
 
-def _sweep(plan: SweepPlan, results: Path, cache: FeatureCache, rerun: str) -> None:
+def _sweep(plan: SweepPlan, results: Path, cache: FeatureCache, rerun: str, executor: Executor) -> None:
     from fewshot import sweeps
     from fewshot.leaderboard import summary_table
 
     try:
-        outcomes = sweeps.sweep(plan, results_dir=results, cache=cache, console=console, rerun=rerun)
+        outcomes = sweeps.sweep(
+            plan, results_dir=results, cache=cache, console=console, rerun=rerun, executor=executor
+        )
     except sweeps.SweepInterrupted as stop:
         err_console.print(
             Text(
