@@ -159,7 +159,7 @@ def test_the_worker_function_pickles_and_writes_as_the_sweep_does(tmp_path: Path
     assert again.written == 1 and len(list((tmp_path / ".history").rglob("*.json"))) == 1
 
 
-KEY = FeatureKey("toy", "w", "toy-colors", "1", "split", "items", "test")
+KEY = FeatureKey("toy", "w", "toy-colors", "1", "split", "items", "generated", "test")
 
 
 def write_entry(root: str, rounds: int) -> None:
