@@ -104,3 +104,38 @@ def test_python_api_runs_and_resumes_on_the_toy_world(tmp_path: Path) -> None:
         run("zeroshot", "toy", shots=1)
     with pytest.raises(TypeError, match="a plan or plan options"):
         sweep(plan, shots=[2])
+
+
+def test_dry_run_counts_the_planned_work_of_each_run() -> None:
+    """Images, optimiser steps and text positions, against counts made here from the splits
+    and the official schedules (CoOp 16 shots: 200 epochs of batch 32; MaPLe: 5 epochs of
+    batch 4, every image through the prompted encoder)."""
+    from collections import Counter
+
+    from open_clip.tokenizer import SimpleTokenizer
+    from typer.testing import CliRunner
+
+    from fewshot.cli import app
+    from fewshot.datasets import get_dataset
+
+    out = CliRunner().invoke(
+        app, ["run", "-m", "coop,maple", "-d", "toy-colors", "--seeds", "1", "--dry-run"]
+    )
+    assert out.exit_code == 0, out.output
+    lines = [line for line in out.output.splitlines() if line.strip().startswith("work per run")]
+    dataset = get_dataset("toy-colors")
+    splits, names = dataset.splits(), dataset.spec().classnames
+    train, val = Counter(splits.train.labels), Counter(splits.val.labels)
+    support = sum(min(16, n) for n in train.values())
+    val_n = sum(min(4, n) for n in val.values())
+    tokens = SimpleTokenizer()
+    coop_positions = sum(len(tokens.encode(" ".join(["X"] * 16) + f" {n}.")) + 2 for n in names)
+    coop_images = support + val_n + 10 * support + len(splits.test)
+    assert f"{coop_images:,} images to encode" in lines[0]
+    assert f"{200 * (support // 32):,} optimiser steps" in lines[0]
+    assert f"{coop_positions:,} text positions per step" in lines[0]
+    maple_steps = 5 * (support // 4)
+    assert (
+        f"{maple_steps:,} optimiser steps" in lines[1] and f"during training {4 * maple_steps:,}" in lines[1]
+    )
+    assert "Sweep:" in out.output

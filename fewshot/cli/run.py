@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from fewshot.executors import Executor
     from fewshot.features import FeatureCache
     from fewshot.planning import PlannedFit
+    from fewshot.types import RunSpec
+    from fewshot.workload import Work
 
 __all__ = ["run_command"]
 
@@ -398,6 +400,7 @@ def show_plan(plan: SweepPlan) -> None:
     resolved config. Plain text, so it reads (and greps) the same at any terminal width."""
     missing = plan.missing()
     specs = plan.specs
+    works = _plan_work(plan)
     console.print(
         f"Planned: {len(specs)} records from {len(plan.fits)} fits; backbone {specs[0].backbone}, "
         f"device {specs[0].device}, precision {specs[0].precision}, "
@@ -423,8 +426,53 @@ def show_plan(plan: SweepPlan) -> None:
             f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in first.config.to_dict().items()
         )
         console.print(Text("  " + config), soft_wrap=True)  # one line: it greps whole
+        console.print(Text("  " + _work_line(works.get(first.spec))), soft_wrap=True)
+    _show_totals(plan, works)
     for name, hint in missing.items():
         err_console.print(Text(f"{name}: missing — {hint}", style="yellow"))
+
+
+def _plan_work(plan: SweepPlan) -> dict[RunSpec, Work | None]:
+    """The work of every fit (None where the dataset is missing), splits read once each."""
+    from fewshot.workload import fit_work
+
+    known: dict[tuple[object, ...], Work | None] = {}
+    works: dict[RunSpec, Work | None] = {}
+    for fit in plan.fits:
+        s = fit.spec  # seeds change which images, not how many: one count per group
+        key = (s.method, s.overrides, s.dataset, s.protocol, s.shots, s.aug_views)
+        if key not in known:
+            known[key] = fit_work(fit, plan.data_root)
+        works[s] = known[key]
+    return works
+
+
+def _work_line(work: Work | None) -> str:
+    if work is None:
+        return "work per run: the dataset is needed to count it"
+    parts = [
+        f"{work.images:,} images to encode on a cold cache (support {work.support:,}, val {work.val:,}, "
+        f"augmented views {work.views:,}, test {work.test:,}, during training {work.step_images:,})",
+        f"{work.steps:,} optimiser steps",
+        f"{work.text_positions:,} text positions per step",
+    ]
+    return "work per run: " + "; ".join(parts)
+
+
+def _show_totals(plan: SweepPlan, works: dict[RunSpec, Work | None]) -> None:
+    from fewshot.workload import sweep_images
+
+    counted = [(fit, work) for fit in plan.fits if (work := works[fit.spec]) is not None]
+    if not counted:
+        return
+    steps = sum(work.steps for _, work in counted)
+    note = "" if len(counted) == len(plan.fits) else f" (for the {len(counted)} fits whose data is present)"
+    console.print(
+        f"\nSweep: {sweep_images(counted):,} images to encode on a cold cache (each test split once), "
+        f"{steps:,} optimiser steps{note}.",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def _grouped(plan: SweepPlan) -> list[list[PlannedFit]]:

@@ -41,7 +41,8 @@ from fewshot.prompting import (
     text_tower,
     vision_tower,
 )
-from fewshot.types import FewshotError
+from fewshot.types import AdapterConfig, FewshotError
+from fewshot.workload import StepCost, prompts_with
 
 if TYPE_CHECKING:
     from fewshot.backbones import Backbone
@@ -66,6 +67,7 @@ class DeepPromptAdapter(Adapter):
     needs = Needs.IMAGES  # query images pass through the prompted image encoder
     supports_novel = True
     method: ClassVar[str] = "deep prompts"  # name used in messages and progress bars
+    teacher_passes: ClassVar[int] = 0  # extra image-encoder passes per training image
     config: DeepPromptConfig
 
     def __init__(self, config: DeepPromptConfig | None = None) -> None:
@@ -78,6 +80,15 @@ class DeepPromptAdapter(Adapter):
         self._prompt_prefix = ""
         self._autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
         self._text: PerClassList[torch.Tensor] = PerClassList()
+
+    @classmethod
+    def step_cost(cls, config: AdapterConfig, classnames: list[str], online: bool) -> StepCost:
+        """Every class prompt and a batch of images through the prompted encoders per step
+        (``teacher_passes`` more image passes for a frozen teacher, as PromptSRC's)."""
+        assert isinstance(config, DeepPromptConfig)
+        n_ctx = int(getattr(config, "n_ctx_text", getattr(config, "n_ctx", 1)))
+        prompts = prompts_with(config.ctx_init, n_ctx, classnames)
+        return StepCost(prompts, images=config.batch_size * (1 + cls.teacher_passes))
 
     # -- what a subclass defines -----------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import torch
 
 from fewshot.types import PROTOCOLS, AdapterConfig, FeatureSet
+from fewshot.workload import StepCost
 
 if TYPE_CHECKING:
     from fewshot.backbones import Backbone
@@ -139,6 +140,13 @@ class Adapter(abc.ABC):
             if isinstance(value, torch.nn.Module):
                 total += sum(p.numel() for p in value.parameters() if p.requires_grad)
         return total
+
+    @classmethod
+    def step_cost(cls, config: AdapterConfig, classnames: list[str], online: bool) -> StepCost:
+        """What one optimiser step runs through the encoders, for ``fewshot run --dry-run``'s
+        estimate of a sweep's work (``online``: augmentation without cached views). Default:
+        nothing (a method without optimiser steps)."""
+        return StepCost()
 
     def extra_costs(self) -> dict[str, float]:
         """Method-specific costs merged into the record's ``costs`` (e.g. CoCoOp's count of

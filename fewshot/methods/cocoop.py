@@ -72,7 +72,8 @@ from fewshot.prompting import (
     initial_context,
     text_tower,
 )
-from fewshot.types import ConfigError, FewshotError
+from fewshot.types import AdapterConfig, ConfigError, FewshotError
+from fewshot.workload import StepCost, prompts_with
 
 if TYPE_CHECKING:
     from fewshot.backbones import Backbone
@@ -151,6 +152,14 @@ class CoCoOp(Adapter):
         self._autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
         self._tower: TextTower | None = None
         self._encoded = {"fit": 0, "predict": 0}  # prompt sequences run through the text tower
+
+    @classmethod
+    def step_cost(cls, config: AdapterConfig, classnames: list[str], online: bool) -> StepCost:
+        """Every class prompt once per image of the batch (each image has its own context)."""
+        assert isinstance(config, CoCoOpConfig)
+        prompts = prompts_with(config.ctx_init, config.n_ctx, classnames)
+        images = config.batch_size if online else 0
+        return StepCost(prompts, prompt_repeats=config.batch_size, images=images, reads_views=True)
 
     def fit(self, ctx: FitContext) -> None:
         """Train the context and the meta-net for ``epochs`` epochs; keep the last one."""

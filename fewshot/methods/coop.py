@@ -63,7 +63,8 @@ from fewshot.prompting import (
     initial_context,
     text_tower,
 )
-from fewshot.types import ConfigError, FewshotError
+from fewshot.types import AdapterConfig, ConfigError, FewshotError
+from fewshot.workload import StepCost, prompts_with
 
 if TYPE_CHECKING:
     from fewshot.backbones import Backbone
@@ -137,6 +138,13 @@ class CoOp(Adapter):
         self._autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
         self._tower: TextTower | None = None
         self._text: PerClassList[torch.Tensor] = PerClassList()
+
+    @classmethod
+    def step_cost(cls, config: AdapterConfig, classnames: list[str], online: bool) -> StepCost:
+        """Every class prompt once per step; a batch of images when augmenting online."""
+        assert isinstance(config, CoOpConfig)
+        prompts = prompts_with(config.ctx_init, config.n_ctx, classnames)
+        return StepCost(prompts, images=config.batch_size if online else 0, reads_views=True)
 
     @property
     def n_ctx(self) -> int:

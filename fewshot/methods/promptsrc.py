@@ -193,6 +193,7 @@ class PromptSRC(IVLP):
 
     config_cls = PromptSRCConfig
     method = "promptsrc"
+    teacher_passes = 1  # the frozen image teacher sees every training image too
     config: PromptSRCConfig
 
     def __init__(self, config: PromptSRCConfig | None = None) -> None:
