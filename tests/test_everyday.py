@@ -304,3 +304,31 @@ def test_a_run_on_a_generated_split_says_so_when_it_starts(tmp_path: Path) -> No
     ):
         (result,) = sweep([spec], results_dir=tmp_path / "runs", data_root=tmp_path / "data")
     assert result.ok and result.provenance["split_source"] == "generated"
+
+
+def test_bracketed_text_reaches_the_terminal_as_it_is(tmp_path: Path) -> None:
+    """Rich markup is never read from data: a variant like coop[epochs=2] and bracketed parts
+    of an error print verbatim."""
+    runs = tmp_path / "runs"
+    out = cli.invoke(
+        app,
+        [
+            "run",
+            "-m",
+            "coop",
+            "-d",
+            "toy-colors",
+            "--shots",
+            "1",
+            "--seeds",
+            "1",
+            "--set",
+            "epochs=2",
+            "--results",
+            str(runs),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert "coop[epochs=2]" in out.output
+    bad = cli.invoke(app, ["run", "-m", "coop", "-d", "[bold]toy", "--results", str(runs)])
+    assert bad.exit_code == 2 and "'[bold]toy'" in bad.output

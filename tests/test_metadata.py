@@ -44,3 +44,16 @@ def test_license_is_the_mit_text_that_pyproject_declares() -> None:
     assert text.startswith("MIT License\n\nCopyright (c) 2026 the fewshot authors\n")
     assert "Permission is hereby granted, free of charge" in text
     assert 'THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND' in text
+
+
+def test_torch_floor_loads_weights_only_by_default() -> None:
+    """torch >= 2.6: `torch.load` defaults to weights_only=True, so no dependency path can
+    fall back to unpickling arbitrary objects."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    (torch,) = [d for d in project["dependencies"] if re.match(r"torch\b", d)]
+    floor = re.search(r">=\s*(\d+)\.(\d+)", torch)
+    assert floor is not None and (int(floor.group(1)), int(floor.group(2))) >= (2, 6)
