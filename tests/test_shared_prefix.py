@@ -31,8 +31,9 @@ from fewshot.methods.cocoop import CoCoOp, CoCoOpConfig
 from fewshot.methods.coop import CoOp, CoOpConfig
 from fewshot.methods.kgcoop import KgCoOp, KgCoOpConfig
 from fewshot.methods.maple import MaPLe, MaPLeConfig
+from fewshot.prompting import _shared
 from fewshot.prompting import prompts as prompts_module
-from fewshot.prompting._shared import GROUP_COST, length_groups
+from fewshot.prompting._shared import length_groups
 from fewshot.testing import make_fit_context
 from fewshot.types import BackboneSpec
 
@@ -295,6 +296,23 @@ def test_full_path_for_a_tower_that_is_not_causal(toy):
     assert prompting.shared_prefix_plan(tower, _prompts(toy, 4, "X X X X"), _ctx(4)) is None
 
 
+def test_full_path_where_sharing_does_not_pay_for_its_passes(toy, monkeypatch):
+    tower, ctx = toy[1], _ctx(4)
+    plan = prompting.shared_prefix_plan(tower, _prompts(toy, 4, "X X X X"), ctx)
+    saved = plan.full - plan.length - sum(len(rows) * size for rows, size in plan.groups)
+    assert saved > 0
+    # One pass through the blocks costs more than the positions sharing saves (a GPU's launches).
+    monkeypatch.setitem(_shared.PASS_COST, "cpu", saved)
+    prompts = _prompts(toy, 4, "X X X X")
+    assert prompting.shared_prefix_plan(tower, prompts, ctx) is None
+    per_image = ctx.expand(20, len(NAMES), -1, -1)  # 20 contexts: now sharing pays again
+    assert prompting.shared_prefix_plan(tower, prompts, per_image) is not None
+    with torch.no_grad():
+        got = prompting.encode_class_prompts(tower, prompts, ctx)
+        expected = reference_text(toy[0].model, *reference_prompts(toy[0], "X X X X", NAMES, ctx))
+    assert (got - expected).abs().max() < TOL
+
+
 class _OwnBlock(ResidualAttentionBlock):
     """A block type the shared path does not know (it could change the forward)."""
 
@@ -317,6 +335,9 @@ def test_full_path_for_unrecognised_blocks_and_the_same_features(toy):
 
 # ------------------------------------------------------------------------------------------
 # Length groups
+
+
+GROUP_COST = 16
 
 
 def _cost(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> int:
@@ -344,7 +365,7 @@ def _brute_force(lengths: Sequence[int], max_groups: int) -> int:
 def test_length_groups_are_the_cheapest_split(seed):
     rng = random.Random(seed)
     lengths = [rng.choice([1, 2, 3, 5, 8, 9, 20]) for _ in range(rng.randint(1, 300))]
-    groups = length_groups(lengths, max_groups=4)
+    groups = length_groups(lengths, max_groups=4, group_cost=GROUP_COST)
     assert sorted(r for g in groups for r in g) == list(range(len(lengths)))
     assert 1 <= len(groups) <= 4
     assert _cost(lengths, groups) == _brute_force(lengths, 4)

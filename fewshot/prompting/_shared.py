@@ -15,6 +15,16 @@ Suffixes run in a few groups of similar length (:func:`length_groups`): a group 
 its own longest EOT, so a batch of class names of 3 to 13 tokens does not pay 13 positions
 for every class.
 
+Every pass through the blocks (the prefix, each suffix group) costs a fixed number of
+operations besides its arithmetic: about 620 dispatched operations per suffix group for a
+12-block tower, forward and backward (counted with a ``TorchDispatchMode``), against about
+410 for the whole full path. :func:`pass_cost` states that overhead in positions of
+compute, per device; it decides how many groups pay, and whether sharing pays at all
+(:meth:`SharedPrefixPlan.pays`). On a CPU it is small (measured: sharing wins from C = 10
+on ViT-B-16). On an accelerator it is an estimate, not a measurement: ~4 ms of kernel
+launches per pass, the compute of ~4,000 positions of ViT-B-16's text tower at 250 TFLOP/s;
+``benchmarks/gpu_check.py`` measures both paths to calibrate it.
+
 A block is recomputed from its own modules (``ln_1``, the attention's ``in_proj`` and
 ``out_proj``, ``ls_1``, ``ln_2``, ``mlp``, ``ls_2``), exactly as open_clip's
 ``ResidualAttentionBlock.forward`` combines them. Only that class is recognised (not its
@@ -36,10 +46,11 @@ from torch import nn
 
 from fewshot.prompting._blocks import replace_after_sos
 
-__all__ = ["SharedPrefixPlan", "blocks_supported", "encode_shared_prefix", "length_groups"]
+__all__ = ["SharedPrefixPlan", "blocks_supported", "encode_shared_prefix", "length_groups", "pass_cost"]
 
 MAX_GROUPS = 4  # suffix length groups at most
-GROUP_COST = 64  # the fixed cost of one more group, in suffix positions (kernel launches)
+PASS_COST = {"cpu": 16}  # the fixed cost of one pass through the blocks, in positions
+ACCELERATOR_PASS_COST = 4096  # CUDA, MPS, ...: an estimate (see the module docstring)
 
 KeyValue = tuple[torch.Tensor, torch.Tensor]  # a block's prefix keys and values (G, H, P, d)
 
@@ -50,19 +61,23 @@ class SharedPrefixPlan:
 
     ``length`` = P shared positions; ``groups``: (class indices, suffix length) per group;
     ``pooled`` (C,): each class's EOT position minus P; ``order`` (C,): where each class's
-    row sits in the groups' concatenation.
+    row sits in the groups' concatenation; ``full``: the positions the full path runs per
+    context (C x the longest EOT + 1); ``overhead``: :func:`pass_cost` on the prompts' device.
     """
 
     length: int
     groups: tuple[tuple[torch.Tensor, int], ...]
     pooled: torch.Tensor
     order: torch.Tensor
+    full: int = 0
+    overhead: int = 0
 
     @classmethod
     def build(cls, length: int, eot: Sequence[int], device: torch.device) -> SharedPrefixPlan:
         """The plan for EOT positions ``eot`` (all >= ``length``), grouped by suffix length."""
         lengths = [e + 1 - length for e in eot]
-        groups = length_groups(lengths)
+        overhead = pass_cost(device)
+        groups = length_groups(lengths, group_cost=overhead)
         rows = [row for group in groups for row in group]
         order = torch.empty(len(rows), dtype=torch.long)
         order[torch.tensor(rows)] = torch.arange(len(rows))
@@ -71,11 +86,24 @@ class SharedPrefixPlan:
             tuple((torch.tensor(g, device=device), max(lengths[r] for r in g)) for g in groups),
             torch.tensor(lengths, device=device) - 1,
             order.to(device),
+            len(eot) * (max(eot) + 1),
+            overhead,
         )
+
+    def pays(self, contexts: int) -> bool:
+        """Whether sharing runs fewer positions than the full path for ``contexts`` distinct
+        contexts (G), counting each pass beyond the one both make at ``overhead``."""
+        suffixes = sum(len(rows) * size for rows, size in self.groups)
+        return contexts * (self.length + suffixes) + self.overhead * len(self.groups) < contexts * self.full
+
+
+def pass_cost(device: torch.device) -> int:
+    """The fixed cost of one pass through the blocks on ``device``, in positions of compute."""
+    return PASS_COST.get(device.type, ACCELERATOR_PASS_COST)
 
 
 def length_groups(
-    lengths: Sequence[int], max_groups: int = MAX_GROUPS, group_cost: int = GROUP_COST
+    lengths: Sequence[int], max_groups: int = MAX_GROUPS, group_cost: int = PASS_COST["cpu"]
 ) -> list[list[int]]:
     """Row indices split into at most ``max_groups`` groups of consecutive lengths, chosen to
     minimise the positions run (rows x the group's longest length) + ``group_cost`` per group."""
@@ -158,8 +186,9 @@ def encode_shared_prefix(
     for rows, size in plan.groups:
         x = suffix[rows, :size].to(dtype) + positional[length : length + size]
         x = x.unsqueeze(0).expand(prefix.shape[0], -1, -1, -1)  # (G, R, S, W)
+        hidden = _above_diagonal(size, x.device)
         for block, kv in zip(blocks, states, strict=True):
-            x = _suffix_block(block, x, kv)
+            x = _suffix_block(block, x, kv, hidden)
         pooled.append(x[:, torch.arange(len(rows), device=x.device), plan.pooled[rows]])
     return torch.cat(pooled, dim=1)[:, plan.order]
 
@@ -179,9 +208,11 @@ def _prefix_pass(
     return states
 
 
-def _suffix_block(block: ResidualAttentionBlock, x: torch.Tensor, kv: KeyValue) -> torch.Tensor:
+def _suffix_block(
+    block: ResidualAttentionBlock, x: torch.Tensor, kv: KeyValue, hidden: torch.Tensor
+) -> torch.Tensor:
     """One block on suffixes (G, R, S, W) that attend to their group's prefix keys/values
-    (G, H, P, d), all of them, and to their own earlier positions."""
+    (G, H, P, d), all of them, and to their own positions but those ``hidden`` (S, S)."""
     q, k, v = _qkv(block, x)  # (G, R, H, S, d)
     g, r, h, s, d = q.shape
     key, value = kv
@@ -190,7 +221,7 @@ def _suffix_block(block: ResidualAttentionBlock, x: torch.Tensor, kv: KeyValue) 
     # Against the prefix: the rows of all R suffixes against the group's P keys, one matmul.
     rows = q.transpose(1, 2).reshape(g, h, r * s, d)
     to_prefix = (rows @ key.transpose(-1, -2)).view(g, h, r, s, p).transpose(1, 2)
-    own = (q @ k.transpose(-1, -2)).masked_fill(_above_diagonal(s, q.device), float("-inf"))
+    own = (q @ k.transpose(-1, -2)).masked_fill(hidden, float("-inf"))
     weights = torch.cat([to_prefix, own], dim=-1).softmax(dim=-1, dtype=torch.float32).to(v.dtype)
     on_prefix, on_own = weights[..., :p], weights[..., p:]
     from_prefix = on_prefix.transpose(1, 2).reshape(g, h, r * s, p) @ value

@@ -75,9 +75,9 @@ class ClassPrompts:
     suffix: torch.Tensor  # (C, L - 1 - M, W): fixed prefix words, class tokens, ".", EOT, padding
     order: torch.Tensor  # (C, L) int64
     position: str = "end"
-    plans: dict[tuple[str, int | None], SharedPrefixPlan | None] = field(
+    plans: dict[tuple[str, int | None, bool], SharedPrefixPlan | None] = field(
         default_factory=dict, repr=False, compare=False
-    )  # per tower pooling: how the prompts split into a shared prefix and suffixes
+    )  # per tower pooling and mask: how the prompts split into a shared prefix and suffixes
 
     @property
     def classes(self) -> int:
@@ -213,13 +213,17 @@ def shared_prefix_plan(
     ``ctx`` as :func:`encode_class_prompts` takes it. None when: the class tokens are not at
     the ``end``; fewer than two classes; the classes do not share one context (``ctx``
     (C, M, W) or (B, C, M, W) that is not an expand over the classes, as a class-specific
-    context); a tower that is not causal or does not pool
-    at the EOT; a block that is not open_clip's plain ``ResidualAttentionBlock``; per-prompt
-    (3-D) deep prompts, or deep prompts reaching past the prefix; a prefix of P <= 1 positions.
+    context); a tower that is not causal or does not pool at the EOT; a block that is not
+    open_clip's plain ``ResidualAttentionBlock``; per-prompt (3-D) deep prompts, or deep
+    prompts reaching past the prefix; a prefix of P <= 1 positions; where sharing would not
+    pay for its extra passes through the blocks on this device
+    (:meth:`~fewshot.prompting._shared.SharedPrefixPlan.pays`). The split itself (P, the
+    suffix groups) is computed once per prompts and tower pooling, and kept.
     """
-    if _shared_contexts(ctx) is None or any(p.dim() != 2 for p in deep_prompts):
+    contexts = _shared_contexts(ctx)
+    if contexts is None or any(p.dim() != 2 for p in deep_prompts):
         return None
-    key = (tower.pool_type, tower.eos_id)
+    key = (tower.pool_type, tower.eos_id, tower.causal)
     if key not in prompts.plans:
         prompts.plans[key] = _plan(tower, prompts)
     plan = prompts.plans[key]
@@ -227,7 +231,7 @@ def shared_prefix_plan(
         return None
     width = int(tower.positional_embedding.shape[-1])
     deep = check_deep(deep_prompts, tower.transformer, width, "text") if deep_prompts else 0
-    return plan if 1 + deep <= plan.length else None
+    return plan if 1 + deep <= plan.length and plan.pays(int(contexts.shape[0])) else None
 
 
 def _shared_contexts(ctx: torch.Tensor) -> torch.Tensor | None:
