@@ -1,6 +1,6 @@
 """Estimate the cost of a full ``coop11`` CoOp sweep from measured per-step costs.
 
-    python benchmarks/estimate_sweep.py RUN_JSON [--gpu-tflops 250] [--step-floor-ms 15]
+    python benchmarks/estimate_sweep.py RUN_JSON [--gpu-tflops 250] [--step-floor-ms 5]
 
 RUN_JSON is the ``--benchmark-json`` output of a run of ``benchmarks/`` that includes
 ``test_bench_prefix.py``, ``test_bench_features.py`` and ``test_bench_schedule.py``.
@@ -22,8 +22,10 @@ affine in C). GPU: compute time scales by the ratio of this CPU's measured rate 
 ViT-B-16 image encoder (FLOPs / s) to an assumed GPU rate (``--gpu-tflops``); JPEG decoding
 and augmentation stay on the CPU, spread over ``workers`` processes (official: its config's
 8; harness: ``fewshot.features``' 0 today, or 8), and a step or an image costs the larger
-of its GPU compute and its decoding. A GPU step also costs at least ``--step-floor-ms``
-(kernel launches: the shared-prefix step launches a few thousand small kernels).
+of its GPU compute and its decoding (in-process decoding, 0 workers, adds to it). A GPU
+step of the harness costs at least ``--step-floor-ms``: eager PyTorch dispatches every
+operation from the CPU (a CoOp text step: ~410 operations on the full path, ~900 to ~2,700
+with a shared prefix, forward and backward), a few microseconds each.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_json", type=Path)
     parser.add_argument("--gpu-tflops", type=float, default=250.0, help="assumed sustained GPU rate")
-    parser.add_argument("--step-floor-ms", type=float, default=15.0, help="least time of one GPU step")
+    parser.add_argument("--step-floor-ms", type=float, default=5.0, help="least time of one GPU step")
     args = parser.parse_args(argv)
     costs = load(args.run_json)
     cpu_tflops = VIT_B16_GFLOP / costs.encode / 1000
