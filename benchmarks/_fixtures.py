@@ -8,7 +8,8 @@ with noise, saved at quality 90: about 70 KB each, decoded by PIL as a real data
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 from unittest import mock
@@ -22,6 +23,7 @@ from PIL import Image
 from fewshot.backbones import Backbone
 from fewshot.datasets.base import Dataset
 from fewshot.methods.base import FitContext
+from fewshot.prompting import _shared
 from fewshot.prompting import prompts as prompts_module
 from fewshot.types import BackboneSpec, DatasetSpec, FeatureSet, Item, Split, Splits
 
@@ -123,3 +125,15 @@ def full_path() -> AbstractContextManager[Any]:
     """Inside it, every class prompt runs in full (cut after the longest EOT): the shared
     prefix switched off, as fewshot encoded class prompts before it."""
     return mock.patch.object(prompts_module, "shared_prefix_plan", lambda *args, **kwargs: None)
+
+
+@contextmanager
+def forced_shared() -> Iterator[None]:
+    """Inside it, plans made for new prompts share the prefix wherever that is exact, on any
+    device (no cost per pass): to time the shared path where the device's policy would not
+    take it. Prompts whose plan exists already keep it."""
+    with (
+        mock.patch.dict(_shared.PASS_COST, {"cpu": 0}),
+        mock.patch.object(_shared, "ACCELERATOR_PASS_COST", 0),
+    ):
+        yield

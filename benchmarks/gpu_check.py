@@ -11,11 +11,13 @@ device synchronised):
   folder (decode, test transform, encode, write to a fresh cache) for several DataLoader
   settings, against the bare encoder on the same images preloaded on the device; fp32 and
   under autocast; images per second.
-- ``coop``: a CoOp step (batch 32, M = 16) on cached features with the shared prefix, the
-  same step with every prompt run in full, and the official loop's step (image encoder on 32
-  images + the text encoder over all 77 positions), at C = 100 and 1000; seconds and peak
-  memory (MiB).
-- ``maple``: a MaPLe step (batch 4, C = 100) on images, with the shared prefix and in full.
+- ``coop``: a CoOp step (batch 32, M = 16) on cached features as fewshot runs it
+  (``default``: the path ``SharedPrefixPlan.pays`` picks on this device), with the shared
+  prefix forced, with every prompt run in full, and the official loop's step (image encoder
+  on 32 images + the text encoder over all 77 positions), at C = 100 and 1000; seconds and
+  peak memory (MiB). ``shared_forced`` against ``full_path`` calibrates
+  ``fewshot.prompting._shared.ACCELERATOR_PASS_COST``.
+- ``maple``: a MaPLe step (batch 4, C = 100) on images: default, shared prefix forced, full.
 - ``precision``: CoOp's and MaPLe's logits on one batch under fp16 autocast (bf16 on CPU)
   against fp32: max abs difference and top-1 agreement.
 
@@ -25,6 +27,7 @@ With no CUDA device (and ``--device cuda``, the default) it says so and exits wi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -45,6 +48,7 @@ from benchmarks._fixtures import (
     JpegFolder,
     classnames,
     feature_context,
+    forced_shared,
     full_path,
     random_backbone,
     write_jpegs,
@@ -162,19 +166,26 @@ def _coop_steps(backbone: Backbone, clock: Clock, classes: int, batch: int) -> d
     autocast, device, names = amp(clock.device), clock.device, classnames(classes)
     adapter = CoOp(CoOpConfig(epochs=0))
     adapter.fit(feature_context(backbone, names))
-    prompts = adapter.prompts_for(names)
+    prompts, fresh = adapter.prompts_for(names), _fresh(adapter.prompts_for(names))
     features = torch.randn(batch, backbone.embed_dim, device=device)
     labels = torch.arange(batch, device=device) % classes
     images = torch.randn(batch, 3, 224, 224, device=device)
     assert adapter.learner is not None
     params = list(adapter.learner.parameters())
     cached = _sgd_step(params, lambda: adapter._batch_loss(features, labels, prompts))
+    forced = _sgd_step(params, lambda: adapter._batch_loss(features, labels, fresh))
     official = _sgd_step(params, lambda: _official_loss(backbone, adapter, prompts, images, labels))
     return {
-        "cached_shared_prefix": clock.measure(_in(autocast, cached)),
+        "cached_default": clock.measure(_in(autocast, cached)),
+        "cached_shared_forced": clock.measure(_in(lambda: _both(autocast(), forced_shared()), forced)),
         "cached_full_path": clock.measure(_in(lambda: _both(autocast(), full_path()), cached)),
         "official_online_77": clock.measure(_in(autocast, official)),
     }
+
+
+def _fresh(prompts: prompting.ClassPrompts) -> prompting.ClassPrompts:
+    """The same prompts without a plan yet (plans are kept per prompts object)."""
+    return dataclasses.replace(prompts, plans={})
 
 
 def _both(a: AbstractContextManager[Any], b: AbstractContextManager[Any]) -> AbstractContextManager[Any]:
@@ -216,11 +227,14 @@ def maple(backbone: Backbone, clock: Clock, sizes: dict[str, Any]) -> dict[str, 
     images = torch.randn(batch, 3, 224, 224, device=clock.device)
     labels = torch.arange(batch, device=clock.device) % classes
     assert adapter.prompts is not None
-    step = _sgd_step(list(adapter.prompts.parameters()), lambda: adapter._loss(images, labels, prompts))
+    params, fresh = list(adapter.prompts.parameters()), _fresh(prompts)
+    step = _sgd_step(params, lambda: adapter._loss(images, labels, prompts))
+    forced = _sgd_step(params, lambda: adapter._loss(images, labels, fresh))
     autocast = amp(clock.device)
     return {
         f"C{classes}_batch{batch}": {
-            "online_shared_prefix": clock.measure(_in(autocast, step)),
+            "online_default": clock.measure(_in(autocast, step)),
+            "online_shared_forced": clock.measure(_in(lambda: _both(autocast(), forced_shared()), forced)),
             "online_full_path": clock.measure(_in(lambda: _both(autocast(), full_path()), step)),
         }
     }
