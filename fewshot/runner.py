@@ -19,6 +19,7 @@ subsets only, and test features are passed to ``predict`` by this module.
 
 from __future__ import annotations
 
+import os
 import random
 import resource
 import sys
@@ -205,11 +206,18 @@ def _fit_context(
     relabel = task.train_space.relabel()
     train_items = [splits.train.items[i] for i in task.train_ids]
     val_items = [splits.val.items[i] for i in task.val_ids]
-    train = encode_items(
-        backbone, dataset, train_items, cache=cache, precision=spec.precision, split_hash=splits.train.hash
-    )
-    val = encode_items(
-        backbone, dataset, val_items, cache=cache, precision=spec.precision, split_hash=splits.val.hash
+    workers = loader_workers(backbone.device)
+    train, val = (
+        encode_items(
+            backbone,
+            dataset,
+            items,
+            cache=cache,
+            precision=spec.precision,
+            split_hash=split.hash,
+            num_workers=workers,
+        )
+        for items, split in ((train_items, splits.train), (val_items, splits.val))
     )
     return FitContext(
         classnames=[dspec.classnames[label] for label in task.train_space.labels],
@@ -219,8 +227,8 @@ def _fit_context(
         train=_relabelled(train, relabel),
         train_views=_lazy_views(spec, dataset, train_items, splits.train.hash, backbone, cache, relabel),
         val=_relabelled(val, relabel),
-        train_images=SubsetImages(dataset, train_items, backbone, relabel),
-        val_images=SubsetImages(dataset, val_items, backbone, relabel),
+        train_images=SubsetImages(dataset, train_items, backbone, relabel, num_workers=workers),
+        val_images=SubsetImages(dataset, val_items, backbone, relabel, num_workers=workers),
         shots=spec.shots,
         seed=spec.seed,
         generator=torch.Generator().manual_seed(spec.seed),
@@ -257,10 +265,21 @@ def _lazy_views(
             seed=spec.seed,
             precision=spec.precision,
             split_hash=split_hash,
+            num_workers=loader_workers(backbone.device),
         )
         return _relabelled(views, relabel)
 
     return LazyFeatureSet(compute)
+
+
+def loader_workers(device: torch.device) -> int:
+    """DataLoader workers that decode and transform images: none on a CPU, where the encoder
+    is the bottleneck and workers only compete for its cores; on an accelerator up to 8 (the
+    usable cores), so JPEG decoding keeps up with the encoder (docs/performance.md)."""
+    if torch.device(device).type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cores)
 
 
 def _relabelled(features: FeatureSet, relabel: dict[int, int]) -> FeatureSet:
@@ -418,7 +437,10 @@ def _logits_from_features(fitted: Fitted, dataset: Dataset, test: Split, space: 
     from fewshot.methods.base import QueryBatch
 
     p = fitted.prepared
-    feats = encode_items(p.backbone, dataset, test, cache=p.cache, precision=p.spec.precision)
+    workers = loader_workers(p.backbone.device)
+    feats = encode_items(
+        p.backbone, dataset, test, cache=p.cache, precision=p.spec.precision, num_workers=workers
+    )
     index = [i for i, item in enumerate(test.items) if item.label in set(space.labels)]
     query, logits = _query(dataset, space), []
     with torch.no_grad(), p.autocast():
@@ -435,7 +457,9 @@ def _logits_from_images(
     from fewshot.methods.base import QueryBatch
 
     p = fitted.prepared
-    images = SubsetImages(dataset, items, p.backbone, space.relabel())
+    images = SubsetImages(
+        dataset, items, p.backbone, space.relabel(), num_workers=loader_workers(p.backbone.device)
+    )
     query, logits = _query(dataset, space), []
     with torch.no_grad(), p.autocast():
         for batch, _ in images.loader(256, augment=False, shuffle=False):

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fewshot.methods import cocoop as cocoop_module
 from fewshot.methods.base import QueryBatch
 from fewshot.methods.cocoop import CoCoOp, CoCoOpConfig
 from fewshot.methods.coop import CoOp, CoOpConfig
 from fewshot.prompting import assemble_prompts
-from fewshot.prompting import prompts as prompts_module
 from fewshot.sweeps import sweep
 from fewshot.testing import make_fit_context, make_query_batch
 from fewshot.types import PROTOCOLS, ConfigError, RunSpec
@@ -122,13 +122,13 @@ def test_batched_prediction_equals_the_per_image_loop_and_chunks_are_bounded(bac
     )
 
     calls: list[int] = []
-    encode = prompts_module.encode_text_embeddings
+    encode = cocoop_module.encode_class_prompts
 
-    def spy(tower, embeddings, tokens, **kwargs):
-        calls.append(embeddings.shape[0])
-        return encode(tower, embeddings, tokens, **kwargs)
+    def spy(tower, prompts, ctx, **kwargs):
+        calls.append(ctx.shape[0] * ctx.shape[1])  # (images, classes, M, W): prompt sequences
+        return encode(tower, prompts, ctx, **kwargs)
 
-    monkeypatch.setattr(prompts_module, "encode_text_embeddings", spy)
+    monkeypatch.setattr(cocoop_module, "encode_class_prompts", spy)
     batched = adapter.predict(query)
     assert torch.allclose(batched, one_by_one, atol=1e-5)
     assert calls == [6] * (n // 2) + ([3] if n % 2 else [])  # at most 7 sequences per call

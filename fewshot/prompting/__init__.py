@@ -8,7 +8,9 @@
   deep prompts replacing the last n tokens before later blocks.
 - :mod:`fewshot.prompting.prompts`: class-prompt assembly (``end``/``middle``/``front``),
   context initialisation, :func:`encode_class_prompts`, and per-class-list caches, used by
-  CoOp, CoCoOp, KgCoOp, IVLP, MaPLe and PromptSRC.
+  CoOp, CoCoOp, KgCoOp, IVLP, MaPLe and PromptSRC. Class prompts that begin alike (class
+  tokens at the end, one context for all classes) are encoded from one shared prefix
+  (:mod:`fewshot.prompting._shared`); the methods need not know.
 
 Deep prompts (MaPLe, IVLP, PromptSRC): a deep prompt of block j *replaces* the hidden
 states of the prompt positions before transformer block j (1 <= j < J); block 0 sees the
@@ -27,6 +29,7 @@ from fewshot.prompting.prompts import (
     initial_context,
     normal_prompts,
     prompt_depth,
+    shared_prefix_plan,
 )
 from fewshot.prompting.text import (
     TextTower,
@@ -68,6 +71,7 @@ __all__ = [
     "initial_context",
     "normal_prompts",
     "prompt_depth",
+    "shared_prefix_plan",
     "text_tower",
     "vision_tower",
 ]

@@ -28,7 +28,16 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import torch
 
-from fewshot.prompting.text import TextTower, content_token_lengths, embed_tokens, encode_text_embeddings
+from fewshot.prompting._blocks import check_deep
+from fewshot.prompting._shared import SharedPrefixPlan, blocks_supported, encode_shared_prefix
+from fewshot.prompting.text import (
+    TextTower,
+    content_token_lengths,
+    embed_tokens,
+    encode_text_embeddings,
+    eot_index,
+    project_text,
+)
 from fewshot.types import ConfigError, FewshotError
 
 if TYPE_CHECKING:
@@ -45,6 +54,7 @@ __all__ = [
     "initial_context",
     "normal_prompts",
     "prompt_depth",
+    "shared_prefix_plan",
 ]
 
 POSITIONS = ("end", "middle", "front")  # where the class tokens go relative to the context
@@ -65,10 +75,18 @@ class ClassPrompts:
     suffix: torch.Tensor  # (C, L - 1 - M, W): fixed prefix words, class tokens, ".", EOT, padding
     order: torch.Tensor  # (C, L) int64
     position: str = "end"
+    plans: dict[tuple[str, int | None, bool], SharedPrefixPlan | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )  # per tower pooling and mask: how the prompts split into a shared prefix and suffixes
 
     @property
     def classes(self) -> int:
         return int(self.prefix.shape[0])
+
+    @property
+    def n_ctx(self) -> int:
+        """M, the learned context positions 1..M."""
+        return int(self.tokens.shape[1] - 1 - self.suffix.shape[1])
 
 
 class PerClassList(Generic[T]):
@@ -162,17 +180,113 @@ def encode_class_prompts(
     ``ctx`` is (M, W), shared by every class -> (C, D); (C, M, W), one per class -> (C, D);
     or (B, C, M, W), one per (image, class) as CoCoOp builds it -> (B, C, D). Gradients
     reach ``ctx`` (and ``deep_prompts``, see :func:`encode_text_embeddings`).
+
+    Where the classes share their first positions (:func:`shared_prefix_plan`: class tokens
+    at the ``end`` and one context for all classes, or for all classes of an image), those
+    positions are encoded once per distinct context (:mod:`fewshot.prompting._shared`);
+    otherwise every prompt runs in full. Both give the same features up to float rounding.
     """
     classes = prompts.classes
     if ctx.dim() == 2:
         ctx = ctx.unsqueeze(0).expand(classes, -1, -1)
     if ctx.dim() not in (3, 4) or ctx.shape[-3] != classes:
         raise ValueError(f"context {tuple(ctx.shape)} does not fit {classes} class prompts.")
+    plan = shared_prefix_plan(tower, prompts, ctx, deep_prompts)
+    if plan is not None:
+        return _encode_shared(tower, prompts, ctx, plan, deep_prompts)
     embeddings = assemble_prompts(prompts, ctx)
     lead = embeddings.shape[:-3]
     tokens = prompts.tokens.repeat(math.prod(lead), 1)  # image-major, like the embeddings
     text = encode_text_embeddings(tower, embeddings.flatten(0, -3), tokens, deep_prompts=deep_prompts)
     return text.view(*lead, classes, -1)
+
+
+def shared_prefix_plan(
+    tower: TextTower,
+    prompts: ClassPrompts,
+    ctx: torch.Tensor,
+    deep_prompts: Sequence[torch.Tensor] = (),
+) -> SharedPrefixPlan | None:
+    """How :func:`encode_class_prompts` splits the prompts into one shared prefix and
+    per-class suffixes, or None where it runs every prompt in full instead.
+
+    ``ctx`` as :func:`encode_class_prompts` takes it. None when: the class tokens are not at
+    the ``end``; fewer than two classes; the classes do not share one context (``ctx``
+    (C, M, W) or (B, C, M, W) that is not an expand over the classes, as a class-specific
+    context); a tower that is not causal or does not pool at the EOT; a block that is not
+    open_clip's plain ``ResidualAttentionBlock``; per-prompt (3-D) deep prompts, or deep
+    prompts reaching past the prefix; a prefix of P <= 1 positions; where sharing would not
+    pay for its extra passes through the blocks on this device
+    (:meth:`~fewshot.prompting._shared.SharedPrefixPlan.pays`). The split itself (P, the
+    suffix groups) is computed once per prompts and tower pooling, and kept.
+    """
+    contexts = _shared_contexts(ctx)
+    if contexts is None or any(p.dim() != 2 for p in deep_prompts):
+        return None
+    key = (tower.pool_type, tower.eos_id, tower.causal)
+    if key not in prompts.plans:
+        prompts.plans[key] = _plan(tower, prompts)
+    plan = prompts.plans[key]
+    if plan is None or not blocks_supported(tower.transformer):
+        return None
+    width = int(tower.positional_embedding.shape[-1])
+    deep = check_deep(deep_prompts, tower.transformer, width, "text") if deep_prompts else 0
+    return plan if 1 + deep <= plan.length and plan.pays(int(contexts.shape[0])) else None
+
+
+def _shared_contexts(ctx: torch.Tensor) -> torch.Tensor | None:
+    """The distinct contexts (G, M, W) when every class of each leading index shares one
+    ((M, W), or an expand over the class dimension of (C, M, W) or (B, C, M, W)), else None."""
+    if ctx.dim() == 2:
+        return ctx.unsqueeze(0)
+    grid = ctx if ctx.dim() == 4 else ctx.unsqueeze(0)
+    if grid.shape[1] > 1 and grid.stride(1) != 0:
+        return None
+    return grid[:, 0]
+
+
+def _plan(tower: TextTower, prompts: ClassPrompts) -> SharedPrefixPlan | None:
+    """The split of these prompts for this tower's pooling (see :func:`shared_prefix_plan`)."""
+    if prompts.position != "end" or prompts.classes < 2 or not _causal_eot_pooling(tower):
+        return None
+    eot = eot_index(tower, prompts.tokens).tolist()
+    same = (prompts.suffix == prompts.suffix[:1]).all(dim=-1).all(dim=0)  # per suffix position
+    words = int(same.int().cumprod(dim=0).sum())  # fixed words after the context, in every prompt
+    length = min(1 + prompts.n_ctx + words, min(eot))  # the EOT always stays in the suffix
+    if length <= 1 or length < 1 + prompts.n_ctx:
+        return None
+    return SharedPrefixPlan.build(length, eot, prompts.suffix.device)
+
+
+def _causal_eot_pooling(tower: TextTower) -> bool:
+    """True for open_clip's causal mask (0 on and below the diagonal, -inf above) and
+    pooling at the EOT token."""
+    if tower.attn_mask is None or tower.pool_type not in ("argmax", "eos"):
+        return False
+    size = tower.attn_mask.shape[-1]
+    causal = torch.full((size, size), float("-inf")).triu(1)
+    return torch.equal(tower.attn_mask.detach().float().cpu(), causal)
+
+
+def _encode_shared(
+    tower: TextTower,
+    prompts: ClassPrompts,
+    ctx: torch.Tensor,
+    plan: SharedPrefixPlan,
+    deep_prompts: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """The shared-prefix path of :func:`encode_class_prompts`: (C, D), or (B, C, D) for 4-D ``ctx``."""
+    contexts = _shared_contexts(ctx)
+    assert contexts is not None
+    groups, words = contexts.shape[0], plan.length - 1 - prompts.n_ctx
+    sos = prompts.prefix[:1].expand(groups, -1, -1)
+    prefix = torch.cat([sos, contexts, prompts.suffix[:1, :words].expand(groups, -1, -1)], dim=1)
+    positional = tower.positional_embedding.to(tower.cast_dtype)
+    hidden = encode_shared_prefix(
+        tower.transformer, positional, prefix, prompts.suffix[:, words:], plan, deep_prompts
+    )
+    text = project_text(tower.text_projection, tower.ln_final(hidden))
+    return text if ctx.dim() == 4 else text[0]
 
 
 @dataclass

@@ -37,6 +37,7 @@ __all__ = [
     "encode_text_embeddings",
     "encode_tokens",
     "eot_index",
+    "project_text",
     "text_tower",
 ]
 
@@ -179,7 +180,7 @@ def encode_text_embeddings(
         x = run_transformer(tower.transformer, x, mask)
     x = tower.ln_final(x)
     pooled = _pool(tower, x, tokens)
-    return _project(tower.text_projection, pooled)
+    return project_text(tower.text_projection, pooled)
 
 
 def encode_tokens(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -208,7 +209,8 @@ def _pool(tower: TextTower, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tens
     return x
 
 
-def _project(projection: torch.Tensor | nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+def project_text(projection: torch.Tensor | nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """The text projection (a (W, D) matrix, an ``nn.Module``, or none) of pooled states (..., W)."""
     if projection is None:
         return x
     if isinstance(projection, nn.Module):
