@@ -8,9 +8,13 @@ number standing as if the new code had made it.
 
 The digest covers every module in the adapter class's inheritance chain that defines part
 of it (KgCoOp's covers kgcoop.py and coop.py; a ``path.py:Class`` method covers its file),
-except the abstract contract (``fewshot.methods.base``). Each module is parsed and dumped
-without positions, and docstrings are dropped, so editing a comment, a docstring or the
-formatting changes nothing, while any change to what the code does changes the digest.
+except the abstract contract (``fewshot.methods.base``), and every module of the method
+toolkit those modules import, directly or through each other: ``fewshot.methods._*`` (the
+training loop) and ``fewshot.prompting`` (prompt construction, the text tower's paths).
+The rest of the harness (sampling, encoding, the runner) is covered by the epoch below.
+Each module is parsed and dumped without positions, and docstrings are dropped, so editing
+a comment, a docstring or the formatting changes nothing, while any change to what the code
+does changes the digest.
 :data:`HARNESS_EPOCH` enters every digest: it is bumped when a change of the harness itself
 alters results (the few-shot sampling rule, per-seed augmented views), so records made
 before such a change are stale too.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import inspect
 import sys
 from functools import lru_cache
@@ -59,7 +64,8 @@ def _file_digest(path: str, mtime_ns: int) -> str:
 
 
 def _source_files(cls: type) -> list[str]:
-    """The source files of the modules that define ``cls`` and its bases (contract excluded)."""
+    """The source files of the modules that define ``cls`` and its bases (contract excluded),
+    then of the toolkit modules they import (transitively)."""
     files: list[str] = []
     for klass in cls.__mro__:
         if klass.__module__ in _SKIPPED or klass is object:
@@ -71,7 +77,53 @@ def _source_files(cls: type) -> list[str]:
             path = None
         if path and path not in files:
             files.append(path)
+    for path in files:  # grows while it is walked: imports of imports
+        for name in _imported_modules(path, _package_of(cls, path)):
+            found = _toolkit_file(name)
+            if found and found not in files:
+                files.append(found)
     return files
+
+
+def _package_of(cls: type, path: str) -> str:
+    """The package a file's relative imports start from ("" for a file method)."""
+    for klass in cls.__mro__:
+        module = sys.modules.get(klass.__module__)
+        if module is not None and getattr(module, "__file__", None) == path:
+            return module.__package__ or ""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == path:
+            return module.__package__ or name
+    return ""
+
+
+def _imported_modules(path: str, package: str) -> list[str]:
+    """Absolute names of the modules ``path`` imports (``from x import y`` gives x and x.y)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parent = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{parent}.{base}" if base else parent
+            names += [base, *(f"{base}.{alias.name}" for alias in node.names)]
+    return names
+
+
+def _toolkit_file(name: str) -> str | None:
+    """The source file of module ``name`` if it belongs to the method toolkit, else None."""
+    toolkit = name == "fewshot.prompting" or name.startswith(("fewshot.prompting.", "fewshot.methods._"))
+    if not toolkit:
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # a name imported from a module, not a module
+        return None
+    origin = spec.origin if spec is not None else None
+    return origin if origin and origin.endswith(".py") else None
 
 
 def code_digest(cls: type) -> str:

@@ -27,6 +27,7 @@ fp16 or bf16 autocast never share an entry with fp32 ones.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -190,6 +191,7 @@ class FeatureCache:
         self.images_encoded = 0
         self.hits = 0
         self.misses = 0
+        self.full = False  # the disk filled up: entries are no longer stored
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.root)!r})"
@@ -267,9 +269,23 @@ class FeatureCache:
             "bytes": len(data),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        atomic_write_bytes(tensor_path, data)
-        atomic_write_bytes(tensor_path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
-        return FeatureSet(feats, labels, tuple(features.ids), key.digest)
+        stored = FeatureSet(feats, labels, tuple(features.ids), key.digest)
+        if self.full:
+            return stored
+        try:
+            atomic_write_bytes(tensor_path, data)
+            atomic_write_bytes(tensor_path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            tensor_path.unlink(missing_ok=True)  # no entry without its sidecar
+            self.full = True
+            warnings.warn(
+                f"The feature cache {self.root} is full ({exc.strerror}): runs go on without storing "
+                "features, so reruns encode them again. Free space there, or pass --cache-dir DIR.",
+                stacklevel=2,
+            )
+        return stored
 
     def ls(self) -> list[dict[str, Any]]:
         """One dict per entry: backbone, dataset, n, dim, view, transform, size, created, digest, path."""

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from fewshot.runner import ProgressFn
 
 __all__ = [
+    "KEPT_NEWER",
     "RERUN",
     "DiskFullError",
     "FitJob",
@@ -61,6 +62,7 @@ __all__ = [
 
 RERUN = ("stale", "all", "none")
 HISTORY = ".history"
+KEPT_NEWER = "kept, not rerun:"  # the error of a run whose record a newer fewshot wrote
 
 
 class DiskFullError(FewshotError):
@@ -100,7 +102,7 @@ def sweep(
     if not isinstance(plan, SweepPlan):
         plan = SweepPlan.from_specs(plan, data_root=data_root)
     executor = executor if executor is not None else LocalExecutor()
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, markup=False)
     cache = cache if cache is not None else FeatureCache()
     executor.require()  # an extra that is not installed: one line, before anything is read
     plan.check_ready(backbone_device=None if executor.in_process else "cpu")  # reads only
@@ -229,9 +231,12 @@ class _Sweep:
         jobs = []
         for planned in fits:
             todo = tuple(spec for spec in dict.fromkeys(planned.records) if not self._reuse(spec))
+            kept = [self.done[s] for s in planned.records if s in self.done and not self.done[s].ok]
             if todo:
                 jobs.append(self._job(todo))
-            else:
+            if kept:  # records of a newer fewshot: kept, said why
+                bar.say("\n".join(_one_line(result) for result in kept))
+            if not todo:
                 bar.advance(f"{_head(planned.spec)}: recorded, skipped")
         if not jobs:
             return
@@ -268,7 +273,7 @@ class _Sweep:
         try:
             previous = find_record(spec, self.results_dir)
         except NewerRecordError as exc:  # never overwritten: reported as not run
-            self.done[spec] = RunResult(spec, "failed", error=f"kept, not rerun: {exc}")
+            self.done[spec] = RunResult(spec, "failed", error=f"{KEPT_NEWER} {exc}")
             return True
         if previous is None or not previous.ok or self.rerun == "all":
             return False
@@ -367,8 +372,11 @@ class _SweepProgress:
     def start(self, description: str) -> None:
         self.progress.update(self.sweep_task, description=f"runs · {description}")
 
-    def advance(self, line: str) -> None:
+    def say(self, line: str) -> None:
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def advance(self, line: str) -> None:
+        self.say(line)
         self.progress.advance(self.sweep_task)
 
     def epochs(self, n: int, description: str) -> Iterator[int]:

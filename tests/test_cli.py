@@ -326,3 +326,14 @@ def test_cache_commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert refused.exit_code != 0 and FakeCache.cleared == []
     done = runner.invoke(app, ["cache", "clear", "--dataset", "toy-colors", "--yes"])
     assert done.exit_code == 0 and FakeCache.cleared == [(None, "toy-colors")] and "Removed 1" in done.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "rerun"), [([], "stale"), (["--force"], "all"), (["--no-rerun-stale"], "none")]
+)
+def test_rerun_flags_reach_the_sweep(sweep_calls: list, tmp_path: Path, flags: list[str], rerun: str) -> None:
+    out = runner.invoke(
+        app, ["run", "-m", "zeroshot", "-d", "toy-colors", "--results", str(tmp_path), *flags]
+    )
+    assert out.exit_code == 0, out.output
+    assert [call["rerun"] for call in sweep_calls] == [rerun]

@@ -36,8 +36,8 @@ __all__ = [
 ]
 
 # Streams are looked up at print time, so CliRunner's captured streams are honoured.
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+console = Console(highlight=False, markup=False)  # data (paths, names) is never read as markup
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 USER_ERROR_EXIT = 2  # as click does for usage errors
 

@@ -60,13 +60,18 @@ def leaderboard_command(
     """Rebuild leaderboard.csv, LEADERBOARD.md and leaderboard.html (or the --format files) from
     the run records, in the results folder read (so two results folders never overwrite each
     other's tables) or --out."""
+    from fewshot._io import ensure_writable_dir
     from fewshot.leaderboard import build_leaderboard, write_leaderboard
 
     formats = _formats(fmt)
+    if results.exists() and not results.is_dir():
+        raise FewshotError(f"The results path {results} is a file, not a folder: pass --results DIR.")
     if not results.is_dir():
         raise FewshotError(f"No results folder {results}: run `fewshot run` first, or pass --results DIR.")
+    target = out if out is not None else results
+    ensure_writable_dir(target, "The leaderboard folder", "pass --out DIR to write the tables elsewhere")
     lb = build_leaderboard(results, _reported_dir(results, reported))
-    paths = write_leaderboard(lb, out if out is not None else results, formats)
+    paths = write_leaderboard(lb, target, formats)
     _say(lb, paths)
 
 

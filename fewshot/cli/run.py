@@ -378,13 +378,21 @@ def _sweep(plan: SweepPlan, results: Path, cache: FeatureCache, rerun: str, exec
     if outcomes:
         title = "Summary (mean over seeds)"
         console.print(frame_table(summary_table(outcomes), title, ("backbone", "protocol", "precision")))
-    failed = [r for r in outcomes if not r.ok]
+    kept = [r for r in outcomes if not r.ok and (r.error or "").startswith(sweeps.KEPT_NEWER)]
+    failed = [r for r in outcomes if not r.ok and r not in kept]
+    if kept:
+        print_error(
+            f"{len(kept)} of {len(outcomes)} runs were not run: their records were written by a newer "
+            f"fewshot (e.g. {kept[0].spec.record_path(results)}) and are kept as they are. Upgrade "
+            "fewshot to read them, or move them out of the results folder to rerun those runs."
+        )
     if failed:
         where = failed[0].spec.record_path(results)
         print_error(
             f"{len(failed)} of {len(outcomes)} runs failed. Their failure records (with the reason) are "
             f"under {results}, e.g. {where}; `fewshot leaderboard` lists them all."
         )
+    if kept or failed:
         raise typer.Exit(FAILED_RUNS_EXIT)
     console.print(
         f"Records in {results}. Next: fewshot leaderboard --results {results}", markup=False, soft_wrap=True

@@ -246,7 +246,7 @@ def _progress(console: Console | None) -> Progress:
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=console or Console(stderr=True),
+        console=console or Console(stderr=True, markup=False),
         transient=True,
     )
 
@@ -267,7 +267,7 @@ def _file_digest(path: Path, source: Source) -> str | None:
 
 def _verify(part: Path, actual: str, source: Source, url: str, key: str, console: Console | None) -> None:
     if source.digest is None:
-        (console or Console(stderr=True)).print(
+        (console or Console(stderr=True, markup=False)).print(
             f"{source.name}: sha256 {actual} ({source.unverified})", markup=False, soft_wrap=True
         )
         return

@@ -38,13 +38,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 from fewshot.prompting._blocks import replace_after_sos
+
+if TYPE_CHECKING:  # open_clip is imported when a block is first checked (startup stays fast)
+    from open_clip.transformer import ResidualAttentionBlock
 
 __all__ = ["SharedPrefixPlan", "blocks_supported", "encode_shared_prefix", "length_groups", "pass_cost"]
 
@@ -150,6 +153,8 @@ def blocks_supported(transformer: nn.Module) -> bool:
 
 
 def _plain(block: nn.Module) -> bool:
+    from open_clip.transformer import ResidualAttentionBlock
+
     if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
         return False
     attn = getattr(block, "attn", None)
