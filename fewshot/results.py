@@ -136,6 +136,10 @@ RECORD_COLUMNS = (
 # Atomic I/O
 
 
+# What to do about a damaged record: a sweep reruns the run itself (the file goes to history).
+_RERUN_FIX = "Rerunning that run replaces it; the damaged file is kept in the results folder's .history/."
+
+
 def write_record(result: RunResult, path: Path) -> None:
     """Write a run's record as JSON (indent 2, sorted keys), atomically.
 
@@ -154,21 +158,23 @@ def write_record(result: RunResult, path: Path) -> None:
 def read_record(path: Path) -> RunResult:
     """Read one record; raise :class:`FewshotError` naming the file if it is unusable."""
     path = Path(path)
+    if path.is_dir():
+        raise FewshotError(
+            f"Result record {path} is a folder, not a record: move it out of the results folder."
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FewshotError(f"Result record {path} does not exist.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FewshotError(
-            f"Result record {path} is not valid JSON ({exc}). Delete it to re-run that run."
-        ) from None
+        raise FewshotError(f"Result record {path} is not valid JSON ({exc}). {_RERUN_FIX}") from None
     if not isinstance(data, dict):
-        raise FewshotError(f"Result record {path} does not hold a JSON object. Delete it to re-run that run.")
+        raise FewshotError(f"Result record {path} does not hold a JSON object. {_RERUN_FIX}")
     bad = _non_finite(data)
     if bad is not None:  # write_record never writes one (allow_nan=False): the file is damaged
         raise FewshotError(
             f"Result record {path} holds a non-finite number at {bad}, which fewshot never writes: "
-            "the file is damaged. Delete it to re-run that run."
+            f"the file is damaged. {_RERUN_FIX}"
         )
     schema = data.get("schema_version", 1)
     if not isinstance(schema, int) or schema > SCHEMA_VERSION:
@@ -181,7 +187,7 @@ def read_record(path: Path) -> RunResult:
     except (KeyError, TypeError, ValueError) as exc:
         raise FewshotError(
             f"Result record {path} does not match the record format ({type(exc).__name__}: {exc}). "
-            "Delete it to re-run that run."
+            f"{_RERUN_FIX}"
         ) from None
 
 

@@ -207,7 +207,11 @@ def _write(results_dir: Path, result: RunResult) -> tuple[RunResult, bool]:
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _DiskFull(f"writing {path} ({exc.strerror})") from None
-        error = f"its record could not be written to {path}: {exc}"
+        error = (
+            f"its record path {path} is a folder: move it away and rerun"
+            if path.is_dir()
+            else f"its record could not be written to {path}: {exc}"
+        )
         return RunResult(result.spec, "failed", error=error, provenance=result.provenance), False
     return result, True
 
@@ -264,7 +268,7 @@ class _Sweep:
             raise DiskFullError(
                 f"The disk is full {outcome.disk_full}. {self.written} records of this sweep are in "
                 f"{self.results_dir}, intact; free space and rerun the same command to resume "
-                "(recorded runs are skipped)."
+                f"({_resume_note(self.rerun)})."
             )
         bar.advance("\n".join(_one_line(result) for result in outcome.results))
 
@@ -289,6 +293,13 @@ class _Sweep:
 
             self.digests[method] = code_digest(METHODS.get(method))
         return self.digests[method]
+
+
+def _resume_note(rerun: str) -> str:
+    """What a rerun of the same command does with the records already written."""
+    if rerun == "all":
+        return "without --force, the runs recorded so far are skipped"
+    return "recorded runs are skipped"
 
 
 def _to_history(path: Path, results_dir: Path) -> None:

@@ -104,7 +104,7 @@ def test_a_non_finite_metric_is_a_corrupt_record(tmp_path: Path, token: str) -> 
     with pytest.raises(FewshotError, match=r"non-finite number at metrics\.all") as info:
         read_record(path)
     message = str(info.value)
-    assert str(path) in message and "Delete it to re-run that run." in message and "\n" not in message
+    assert str(path) in message and "Rerunning that run replaces it" in message and "\n" not in message
 
 
 @pytest.mark.parametrize("token", NON_FINITE)
