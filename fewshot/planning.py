@@ -222,7 +222,8 @@ def _names(values: Iterable[str] | str | None) -> list[str]:
 
 
 def _positive_ints(values: Iterable[int | str] | int | str, option: str) -> list[int]:
-    items = _names([str(values)] if isinstance(values, int | str) else [str(v) for v in values])
+    single = isinstance(values, int | str | float) or not isinstance(values, Iterable)
+    items = _names([str(v) for v in ([values] if single else values)])  # type: ignore[union-attr]
     out: list[int] = []
     for text in items:
         number = int(text) if re.fullmatch(r"\+?\d+", text) else 0

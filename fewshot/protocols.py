@@ -243,7 +243,8 @@ def save_subset(subset: Subset, path: Path, splits: Splits | None = None) -> Non
 
 
 def load_subset(path: Path) -> Subset:
-    """Read a subset file; raise :class:`FewshotError` if it is unreadable or its hash is wrong."""
+    """Read a subset file; raise :class:`FewshotError` if it is unreadable, of an older
+    sampling rule, or its hash is wrong."""
     try:
         data = json.loads(Path(path).read_text())
         subset = Subset(
@@ -256,9 +257,15 @@ def load_subset(path: Path) -> Subset:
         )
         stored_hash = data["hash"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FewshotError(f"Unreadable few-shot subset file {path}: {exc}. Delete it to resample.") from exc
-    if data.get("format") != SUBSET_FORMAT or stored_hash != subset.hash:
-        raise FewshotError(f"Few-shot subset file {path} does not match its hash. Delete it to resample.")
+        raise FewshotError(f"Unreadable few-shot subset file {path}: {exc}.") from exc
+    if data.get("format") != SUBSET_FORMAT:
+        raise FewshotError(
+            f"Few-shot subset file {path} was drawn by an older sampling rule (format "
+            f"{data.get('format', 1)!r}; now {SUBSET_FORMAT}: classes smaller than K are kept whole, "
+            "and few-shot val images lie outside the support)."
+        )
+    if stored_hash != subset.hash:
+        raise FewshotError(f"Few-shot subset file {path} does not match its hash (edited or damaged).")
     return subset
 
 
@@ -278,7 +285,7 @@ def task_for(
             subset = load_subset(path)
             _check_fits(subset, splits, spec.name, shots, seed)
         except FewshotError as exc:
-            warnings.warn(f"{exc} Resampling.", stacklevel=2)
+            warnings.warn(f"{exc} Resampling: the file is replaced.", stacklevel=2)
             subset = None
     if subset is None:
         subset = sample_subset(spec.name, splits, shots, seed)

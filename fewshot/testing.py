@@ -253,6 +253,12 @@ def _fit(cls: type[Adapter], config: AdapterConfig, ctx: FitContext) -> Adapter:
             adapter.fit(ctx)
     except Exception as exc:
         raise _fail(cls, f"fit raised {type(exc).__name__}: {exc}") from exc
+    if adapter.config is not config or adapter.config != config:
+        raise _fail(
+            cls,
+            "fit changed its config; the record must hold the config that ran: put per-dataset "
+            "rules in the config's preset(protocol, shots, dataset) instead.",
+        )
     return adapter
 
 
@@ -268,8 +274,9 @@ def check_adapter(
     """Run the Adapter contract on the toy backbone; raise AssertionError on a breach.
 
     Checks: ``config_cls`` is a frozen AdapterConfig dataclass; ``needs`` is a Needs;
-    ``fit`` runs on a FitContext with no test data; ``predict`` returns finite float logits
-    (B, C) over the training classes and, if the adapter supports novel classes, (B, C') over
+    ``fit`` runs on a FitContext with no test data and leaves the config as it was given;
+    ``predict`` returns finite float logits (B, C) over the training classes and, if the
+    adapter supports novel classes, (B, C') over
     other class names; the same seed gives identical logits twice (global RNGs are seeded
     before ``fit`` as the runner does, so only state outside the seed can break this).
     ``overrides`` apply on top of :data:`FAST_SETTINGS` (kept for fields the config has).

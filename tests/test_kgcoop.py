@@ -97,8 +97,12 @@ def test_dtd_uses_kgcoops_own_template(backbone, objects):
     dtd = fit(KgCoOp, dtd_config, objects, dataset="dtd", template="{} texture.")
     assert dtd.template == "a photo of a {}, a type of texture." and dtd.config is dtd_config
     assert torch.allclose(dtd.clip_text, hand_crafted(backbone, dtd.template, names), atol=1e-5)
+    colors_config = KgCoOpConfig.build("fewshot", 16, {"epochs": 0}, dataset="toy-colors")
+    assert colors_config.template == "a photo of a {} shape."  # the dataset's own, in the record
+    food_config = KgCoOpConfig.build("base2novel", 16, {}, dataset="food101")
+    assert food_config.template == "a photo of {}, a type of food."  # CoOp's table
     other_config = KgCoOpConfig.build("fewshot", 16, {"epochs": 0}, dataset="my-textures")
-    assert other_config.template == ""  # the dataset's own
+    assert other_config.template == ""  # not registered: the spec's template at fit time
     other = fit(KgCoOp, other_config, objects, dataset="my-textures", template="{} texture.")
     assert other.template == "{} texture."
     assert torch.allclose(other.clip_text, hand_crafted(backbone, "{} texture.", names), atol=1e-5)

@@ -60,6 +60,12 @@ class _Leaky(_Good):
         self.noise = torch.full((1,), float(self.fits))
 
 
+class _ConfigRewriter(_Good):  # a per-dataset rule applied in fit instead of the preset
+    def fit(self, ctx: FitContext) -> None:
+        super().fit(ctx)
+        self.config = dataclasses.replace(self.config, epochs=50)
+
+
 class _NaN(_Good):
     def predict(self, batch: QueryBatch) -> torch.Tensor:
         return super().predict(batch) * float("nan")
@@ -84,6 +90,7 @@ def test_check_adapter_accepts_a_well_behaved_adapter():
         (_NotNovel, "shape"),
         (_Leaky, "different logits"),
         (_NaN, "non-finite"),
+        (_ConfigRewriter, "fit changed its config"),
         (_Undecorated, "frozen"),
     ],
 )

@@ -233,3 +233,19 @@ def test_subset_hash_covers_ids(splits: Splits) -> None:
     b = sample_subset("toyset", splits, 4, 2)
     assert a.hash != b.hash
     assert a.hash == sample_subset("toyset", splits, 4, 1).hash
+
+
+def test_a_subset_of_the_old_sampling_rule_is_resampled_saying_why(splits: Splits, tmp_path: Path) -> None:
+    task = task_for(SPEC, splits, "fewshot", 2, 1, tmp_path)
+    path = subset_path(tmp_path, "toyset", splits.hash, 2, 1)
+    data = json.loads(path.read_text())
+    data["format"] = 2  # written before small classes were kept whole
+    data["train_ids"] = data["train_ids"][::-1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(FewshotError, match="older sampling rule"):
+        load_subset(path)
+    with pytest.warns(
+        UserWarning, match=r"older sampling rule \(format 2; now 3.*Resampling: the file is replaced"
+    ):
+        again = task_for(SPEC, splits, "fewshot", 2, 1, tmp_path)
+    assert again == task and json.loads(path.read_text())["format"] == 3

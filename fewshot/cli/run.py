@@ -282,6 +282,9 @@ def run_command(
     options = dict(locals())  # the parameters, before any other name is bound
     given = {f"--{name.replace('_', '-')}": options[name] for name in EXECUTOR_OPTIONS}
     names = split_list(dataset) + split_list(suite)
+    if force and no_rerun_stale:
+        print_error("--force reruns every run and --no-rerun-stale keeps stale ones: give one of them.")
+        raise typer.Exit(USER_ERROR_EXIT)
     if not names and data_root is not None:
         print_error("No dataset given: pass --dataset NAME or --suite NAME (`fewshot list suites`).")
         raise typer.Exit(USER_ERROR_EXIT)
@@ -304,9 +307,6 @@ def run_command(
         show_plan(plan)
         return
     runner.require()  # an extra that is not installed: one line, before anything else
-    if force and no_rerun_stale:
-        print_error("--force reruns every run and --no-rerun-stale keeps stale ones: give one of them.")
-        raise typer.Exit(USER_ERROR_EXIT)
     if plan.toy_default:
         where = "the bundled toy backbone" if backbone == "toy" else f"backbone {backbone}"
         err_console.print(Text(TOY_NOTICE.format(backbone=where), style="yellow"))

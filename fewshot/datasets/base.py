@@ -47,6 +47,13 @@ class Dataset(abc.ABC):
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else None
 
+    @classmethod
+    def declared_template(cls) -> str:
+        """The single hand-crafted template ("{}" = class name) known without the data, for
+        presets; "" when only :meth:`spec` knows it."""
+        template = getattr(cls, "template", "")
+        return template if isinstance(template, str) else ""
+
     @property
     def path(self) -> Path:
         if self.root is None:

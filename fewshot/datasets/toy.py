@@ -48,6 +48,10 @@ def _splits(name: str) -> Splits:
 class ToyDataset(Dataset):
     """A procedural toy dataset; ignores the data root."""
 
+    @classmethod
+    def declared_template(cls) -> str:
+        return TOY_DATASETS[cls.name].template
+
     @property
     def definition(self) -> ToyDatasetDef:
         """Classes, prompts and rendering domain (:mod:`fewshot.toyworld.catalog`)."""

@@ -72,7 +72,9 @@ class KgCoOpConfig(CoOpConfig):
     epochs: int = 100
     batch_size: int = 128
     weight: float = 8.0  # w, the weight of 1 - mean cos(learned, hand-crafted)
-    template: str = ""  # hand-crafted template, "{}" = class name; "" = the dataset's own
+    # Hand-crafted template, "{}" = class name. The preset fills in the dataset's; "" (a
+    # dataset that declares none before its data is read) = the one of its spec.
+    template: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,8 +85,20 @@ class KgCoOpConfig(CoOpConfig):
 
     @classmethod
     def preset(cls, protocol: str, shots: int, dataset: str) -> dict[str, Any]:
-        """The one published config for every protocol; KgCoOp's template table per dataset."""
-        return {"template": KGCOOP_TEMPLATES[dataset]} if dataset in KGCOOP_TEMPLATES else {}
+        """The one published config for every protocol; the template is KgCoOp's own where its
+        table differs from the dataset's (DTD), else the dataset's, so the record names it."""
+        template = KGCOOP_TEMPLATES.get(dataset) or _declared_template(dataset)
+        return {"template": template} if template else {}
+
+
+def _declared_template(dataset: str) -> str:
+    """The registered dataset's own template; "" for a name the registry does not know."""
+    from fewshot.datasets import DATASETS
+
+    try:
+        return DATASETS.get(dataset).declared_template()
+    except FewshotError:
+        return ""
 
 
 class KgCoOp(CoOp):
