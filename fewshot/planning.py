@@ -306,6 +306,7 @@ class _Builder:
         precision = self.check(resolve_precision, opts["precision"], device or "cpu")
         settings = self.check(parse_sets, opts["sets"], methods) or {}
         if self.problems:
+            self._check_settings_alone(classes, settings)
             raise PlanError(self.problems)
         common = {
             "protocol": protocol,
@@ -363,6 +364,15 @@ class _Builder:
                     fits.append(PlannedFit(spec, config, records))
         return fits
 
+    def _check_settings_alone(
+        self, classes: dict[str, type[Adapter]], settings: dict[str, dict[str, str]]
+    ) -> None:
+        """With other input wrong, bad --set keys and values still go into the same error."""
+        self._check_set_keys(classes, settings)
+        for method, cls in classes.items():
+            if settings.get(method):
+                self.check(_parsed_settings, method, cls, settings[method])
+
     def _check_set_keys(self, classes: dict[str, type[Adapter]], settings: dict[str, dict[str, str]]) -> None:
         """A key every selected method lacks is a typo; one some lack needs a scope."""
         keys = {key for values in settings.values() for key in values}
@@ -383,6 +393,14 @@ class _Builder:
                 self.problems.append(_unknown_key(classes[lacking[0]], key, lacking))
             for method in lacking:
                 settings[method].pop(key)
+
+
+def _parsed_settings(method: str, cls: type[Adapter], values: dict[str, str]) -> AdapterConfig:
+    """The config of ``values`` alone (no preset), its errors naming the method."""
+    try:
+        return cls.config_cls.build("fewshot", 1, values)
+    except ConfigError as exc:
+        raise ConfigError(f"{method}: {exc}") from None
 
 
 def _config_of(spec: RunSpec) -> AdapterConfig:

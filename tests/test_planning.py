@@ -56,6 +56,13 @@ def test_set_keys_and_types_are_checked_per_method() -> None:
     assert len(info.value.problems) == 1  # one line, not one per dataset and shot count
     with pytest.raises(PlanError, match="'kgcoop' is not one of the selected methods"):
         fewshot.plan("coop", "toy-colors", sets=["kgcoop.weight=2"])
+    with pytest.raises(PlanError) as together:  # reported with the other problems, not after them
+        fewshot.plan("zeroshot,coop", "toy-colors", shots=[0], sets=["coop.epochs=abc", "n_ctx=4"])
+    assert len(together.value.problems) == 3
+    assert any("coop: Bad value 'abc' for epochs" in p for p in together.value.problems)
+    assert any("zeroshot has no setting 'n_ctx'" in p for p in together.value.problems)
+    with pytest.raises(PlanError, match=r"--shots takes positive integers .*got '16.5'"):
+        fewshot.plan("coop", "toy-colors", shots=16.5)  # type: ignore[arg-type]
     scoped = fewshot.plan("zeroshot,coop", "toy-colors", sets=["coop.n_ctx=4"])
     assert {f.spec.method: f.spec.overrides for f in scoped.fits} == {
         "zeroshot": (),
