@@ -174,8 +174,6 @@ class SweepPlan:
         """Fail before the first run on what would fail every run: missing datasets, a
         backbone whose weights cannot be loaded. ``backbone_device`` loads the backbone there
         instead of on the runs' device (a driver whose runs go to GPU workers: ``cpu``)."""
-        from fewshot.backbones import load_backbone
-
         missing = self.missing()
         if missing:
             unset = (
@@ -187,6 +185,8 @@ class SweepPlan:
             lines = [f"{name}: missing — {hint}" for name, hint in missing.items()]
             raise ConfigError(unset + "Datasets missing:\n  " + "\n  ".join(lines))
         self._check_shots_fit()
+        from fewshot.backbones import load_backbone  # torchvision: only once the cheap checks pass
+
         for backbone, device in sorted({(s.backbone, backbone_device or s.device) for s in self.specs}):
             load_backbone(backbone, device)
 
