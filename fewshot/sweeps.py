@@ -56,6 +56,7 @@ __all__ = [
     "SweepInterrupted",
     "execute_fit",
     "lost_fit",
+    "resume_note",
     "sweep",
     "write_results",
 ]
@@ -268,7 +269,7 @@ class _Sweep:
             raise DiskFullError(
                 f"The disk is full {outcome.disk_full}. {self.written} records of this sweep are in "
                 f"{self.results_dir}, intact; free space and rerun the same command to resume "
-                f"({_resume_note(self.rerun)})."
+                f"({resume_note(self.rerun)})."
             )
         bar.advance("\n".join(_one_line(result) for result in outcome.results))
 
@@ -295,7 +296,7 @@ class _Sweep:
         return self.digests[method]
 
 
-def _resume_note(rerun: str) -> str:
+def resume_note(rerun: str) -> str:
     """What a rerun of the same command does with the records already written."""
     if rerun == "all":
         return "without --force, the runs recorded so far are skipped"

@@ -370,12 +370,7 @@ def _sweep(plan: SweepPlan, results: Path, cache: FeatureCache, rerun: str, exec
         err_console.print(
             Text(
                 f"Interrupted: {stop.written} records of this sweep were written to {stop.results_dir}. "
-                "Rerun the same command to resume: "
-                + (
-                    "without --force, the runs recorded so far are skipped."
-                    if rerun == "all"
-                    else "recorded runs are skipped."
-                ),
+                f"Rerun the same command to resume: {sweeps.resume_note(rerun)}.",
                 style="yellow",
             )
         )
