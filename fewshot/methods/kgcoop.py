@@ -16,8 +16,10 @@ over the C training classes, where t̂_c is the learned prompt's text feature an
 the frozen text feature of the hand-crafted prompt of class c, computed once before
 training. The hand-crafted template is KgCoOp's own table: CoOp's single template per
 dataset, except DTD (registry name ``dtd``), which is "a photo of a {}, a type of texture."
-instead of "{} texture." (CoOp trainers/zsclip.py). The preset writes DTD's into the config's
-``template``; empty, it means the dataset's own template (``FitContext.template``).
+instead of "{} texture." (CoOp trainers/zsclip.py). The preset writes the template into the
+config (KgCoOp's for DTD, the dataset's declared one elsewhere), so the record names it; left
+empty (a dataset that declares none before its data is read) it means the dataset's own
+template (``FitContext.template``).
 w = 8.0 (run.sh / base2new_train.sh). The paper writes the term as a squared Euclidean
 distance, 2(1 − cos) for unit vectors; the code's 1 − cos with w = 8 is followed
 (docs/methods.md#kgcoop). Prediction is CoOp's: the learned prompts alone.
