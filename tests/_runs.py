@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -31,3 +32,15 @@ def base2novel(
     return mean([r for r in results if r.spec.method == method]), mean(
         [r for r in results if r.spec.method == "zeroshot"]
     )
+
+
+def newer_schema_record(runs: Path) -> Path:
+    """A zero-shot record of toy-colors seed 1 in ``runs``, made to look written by a newer
+    fewshot (schema version 99); returns its path."""
+    spec = RunSpec("zeroshot", "toy-colors", shots=0, seed=1)
+    sweep([spec], results_dir=runs)
+    path = spec.record_path(runs)
+    data = json.loads(path.read_text())
+    data["schema_version"] = 99
+    path.write_text(json.dumps(data))
+    return path

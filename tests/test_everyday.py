@@ -23,6 +23,8 @@ from fewshot.results import read_record
 from fewshot.sweeps import sweep
 from fewshot.types import RunSpec
 
+from ._runs import newer_schema_record
+
 cli = CliRunner()
 
 FILE_METHOD = '''
@@ -172,14 +174,9 @@ def test_a_full_disk_stops_with_one_line_and_keeps_what_was_written(
 
 def test_a_record_of_a_newer_schema_is_never_overwritten(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    spec = RunSpec("zeroshot", "toy-colors", shots=1, seed=1)
-    sweep([spec], results_dir=runs)
-    path = spec.record_path(runs)
-    data = json.loads(path.read_text())
-    data["schema_version"] = 99
-    path.write_text(json.dumps(data))
+    path = newer_schema_record(runs)
     before = path.read_bytes()
-    (again,) = sweep([spec], results_dir=runs)
+    (again,) = sweep([RunSpec("zeroshot", "toy-colors", shots=0, seed=1)], results_dir=runs)
     assert not again.ok and "schema version 99" in (again.error or "")
     assert path.read_bytes() == before
 

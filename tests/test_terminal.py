@@ -6,7 +6,6 @@ cannot be made for real (a full disk)."""
 from __future__ import annotations
 
 import errno
-import json
 import subprocess
 import sys
 import warnings
@@ -22,6 +21,8 @@ from fewshot.methods import METHODS
 from fewshot.results import read_record
 from fewshot.sweeps import sweep
 from fewshot.types import RunSpec
+
+from ._runs import newer_schema_record
 
 cli = CliRunner()
 
@@ -51,12 +52,7 @@ def test_a_leaderboard_that_cannot_be_written_is_one_line(tmp_path: Path) -> Non
 
 def test_records_of_a_newer_fewshot_are_kept_and_said_so(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    spec = RunSpec("zeroshot", "toy-colors", shots=0, seed=1)
-    sweep([spec], results_dir=runs)
-    path = spec.record_path(runs)
-    data = json.loads(path.read_text())
-    data["schema_version"] = 99
-    path.write_text(json.dumps(data))
+    path = newer_schema_record(runs)
     before = path.read_bytes()
     out = cli.invoke(
         app, ["run", "-m", "zeroshot", "-d", "toy-colors", "--seeds", "1", "--results", str(runs)]
