@@ -22,6 +22,7 @@ from fewshot.workload import StepCost
 
 if TYPE_CHECKING:
     from fewshot.backbones import Backbone
+    from fewshot.descriptions import DescriptionSet
 
 __all__ = ["Adapter", "FitContext", "ImageSource", "Needs", "QueryBatch"]
 
@@ -77,7 +78,10 @@ class FitContext:
     generator: torch.Generator  # seeded for this run; use it for every random draw
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dataset: str = ""
-    descriptions: dict[str, list[str]] | None = None  # class name -> descriptions, when available
+    # Language knowledge for methods that declare it in Adapter.knowledge (else None): the
+    # dataset's sets, covering every class of the dataset, not only the training ones.
+    descriptions: DescriptionSet | None = None
+    synonyms: DescriptionSet | None = None
     progress: Callable[[int, str], Iterator[int]] | None = None
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
 
@@ -102,6 +106,10 @@ class QueryBatch:
     features: torch.Tensor | None = None  # (B, D)
     images: torch.Tensor | None = None  # (B, 3, H, W)
     templates: list[str] = field(default_factory=list)
+    # The query dataset's sets, for methods that declare them in Adapter.knowledge (a
+    # cross-dataset target brings its own); they cover every name in ``classnames``.
+    descriptions: DescriptionSet | None = None
+    synonyms: DescriptionSet | None = None
 
 
 class Adapter(abc.ABC):
@@ -119,6 +127,9 @@ class Adapter(abc.ABC):
     # False for methods whose fit reads no support image (zero-shot, training-free scorers):
     # their result does not depend on the shot count, so a sweep plans them once, at 0 shots.
     uses_support: ClassVar[bool] = True
+    # Kinds of language knowledge (fewshot.descriptions.KINDS) the method needs; the runner
+    # loads the set its config names (config field of the same name) for each dataset.
+    knowledge: ClassVar[tuple[str, ...]] = ()
     version: ClassVar[str] = "1"  # bump when a change alters results; runs of two versions never average
 
     def __init__(self, config: AdapterConfig | None = None) -> None:
