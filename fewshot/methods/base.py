@@ -159,6 +159,12 @@ class Adapter(abc.ABC):
         nothing (a method without optimiser steps)."""
         return StepCost()
 
+    def selected(self) -> dict[str, Any]:
+        """Hyper-parameters the method chose while fitting (on the few-shot val set, or on
+        the support set for training-free searches), e.g. ``{"alpha": 0.4}``. JSON-ready
+        values; kept in the record's provenance. Default: none."""
+        return {}
+
     def extra_costs(self) -> dict[str, float]:
         """Method-specific costs merged into the record's ``costs`` (e.g. CoCoOp's count of
         prompts run through the text tower, which grows with batch x classes). Default: none."""
