@@ -19,9 +19,10 @@ from typing import Any
 
 from fewshot.descriptions.files import load_description_set
 from fewshot.descriptions.sets import KINDS, DescriptionsError, DescriptionSet, MissingDescriptionsError
-from fewshot.types import AdapterConfig, ConfigError
+from fewshot.types import AdapterConfig, ConfigError, RunSpec
 
 __all__ = [
+    "knowledge_changed",
     "knowledge_label",
     "knowledge_names",
     "knowledge_problems",
@@ -68,6 +69,36 @@ def load_knowledge(
 def knowledge_record(sets: Mapping[str, DescriptionSet]) -> dict[str, dict[str, str]]:
     """What a record keeps of the sets: kind -> {name, kind, hash}."""
     return {kind: dset.record() for kind, dset in sorted(sets.items())}
+
+
+def knowledge_now(spec: RunSpec, data_root: Path | None) -> dict[str, Any]:
+    """The ``knowledge`` (and ``target_knowledge``) provenance a run of ``spec`` would record
+    with the sets as they are now; empty for a method that reads none."""
+    from fewshot.methods import METHODS
+    from fewshot.planning import resolve_config
+
+    method_cls = METHODS.get(spec.method)
+    if not getattr(method_cls, "knowledge", ()):
+        return {}
+    config = resolve_config(spec.fit_spec)
+    sets = load_knowledge(method_cls, config, spec.dataset, data_root)
+    if not sets:  # only optional kinds, left empty: the runner records nothing
+        return {}
+    now = {"knowledge": knowledge_record(sets)}
+    if spec.target:
+        now["target_knowledge"] = knowledge_record(load_knowledge(method_cls, config, spec.target, data_root))
+    return now
+
+
+def knowledge_changed(spec: RunSpec, provenance: Mapping[str, Any], data_root: Path | None) -> bool:
+    """Whether a record of ``spec`` was made with other sets (or set contents) than the
+    current ones: the sweep reruns it as stale. A set that cannot be loaded counts as a
+    change (the run then fails, saying why)."""
+    try:
+        now = knowledge_now(spec, data_root)
+    except DescriptionsError:
+        return True
+    return any(provenance.get(key) != value for key, value in now.items())
 
 
 def knowledge_label(provenance: Mapping[str, Any]) -> str:
