@@ -194,22 +194,27 @@ class SweepPlan:
             load_backbone(backbone, device)
 
     def _check_knowledge(self) -> None:
-        """The description sets of methods that read them (``Adapter.knowledge``) exist and
-        match the classes of every dataset the fit reads, source and targets: one line each."""
+        problems = self.knowledge_problems()
+        if problems:
+            raise PlanError(problems)
+
+    def knowledge_problems(self) -> list[str]:
+        """The description sets of methods that read them (``Adapter.knowledge``) must exist
+        and match the classes of every dataset a fit reads, source and targets: one line per
+        set that does not (datasets that are missing are left to :meth:`missing`)."""
         from fewshot.descriptions.wiring import knowledge_problems
         from fewshot.methods import METHODS
 
+        missing = self.missing()
         fits = [
             (
                 METHODS.get(f.spec.method),
                 f.config,
-                [f.spec.dataset, *(r.target for r in f.records if r.target)],
+                [d for d in (f.spec.dataset, *(r.target for r in f.records if r.target)) if d not in missing],
             )
             for f in self.fits
         ]
-        problems = knowledge_problems(fits, self.data_root)
-        if problems:
-            raise PlanError(problems)
+        return knowledge_problems(fits, self.data_root)
 
     def _check_shots_fit(self) -> None:
         """Shots above a dataset's largest class are refused before anything is sampled: every

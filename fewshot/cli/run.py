@@ -235,7 +235,7 @@ DryRunOpt = Annotated[
     opt(
         "--dry-run",
         help="Show every planned run with its resolved config and stop (no images or weights are "
-        "loaded; missing datasets are marked).",
+        "loaded; missing datasets and description sets are marked).",
     ),
 ]
 
@@ -438,6 +438,8 @@ def show_plan(plan: SweepPlan) -> None:
     _show_totals(plan, works)
     for name, hint in missing.items():
         err_console.print(Text(f"{name}: missing — {hint}", style="yellow"))
+    for line in plan.knowledge_problems():  # description sets a method reads
+        err_console.print(Text(line, style="yellow"))
 
 
 def _plan_work(plan: SweepPlan) -> dict[RunSpec, Work | None]:
