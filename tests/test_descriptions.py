@@ -390,3 +390,28 @@ def test_dataset_classnames_are_what_the_loader_keys_by() -> None:
     assert list(load_description_set("toy-textures", "toy", "descriptions", None).classes) == list(
         get_dataset("toy-textures").spec().classnames
     )
+
+
+# ------------------------------------------------------------------------------------------
+# Command line
+
+
+def test_cli_lists_sets_and_dry_run_marks_a_missing_one(tmp_path: Path, know: str) -> None:
+    from typer.testing import CliRunner
+
+    from fewshot.cli import app
+
+    runner = CliRunner()
+    write(tmp_path, "toy-colors", "alt", {c: ["x"] for c in COLORS})
+    args = ["list", "descriptions", "toy-colors", "--data-root", str(tmp_path)]
+    listed = runner.invoke(app, args, terminal_width=200)
+    assert listed.exit_code == 0, listed.output
+    lines = [line for line in listed.output.splitlines() if "toy-colors" in line]
+    assert len(lines) == 3 and any("alt" in line and "any" in line for line in lines)
+    assert any(toy_set("toy-colors", "synonyms").content_hash in line for line in lines)
+    args = ["run", "-m", know, "-d", "toy-colors", "--set", "descriptions=gpt", "--dry-run"]
+    planned = runner.invoke(
+        app, [*args, "--data-root", str(tmp_path), "--results", str(tmp_path / "r")], terminal_width=200
+    )
+    assert planned.exit_code == 0, planned.output
+    assert "toy-colors: no descriptions set 'gpt'" in planned.output

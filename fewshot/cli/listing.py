@@ -112,7 +112,9 @@ def list_descriptions(
     from fewshot.descriptions.files import list_description_sets
 
     names = resolve_datasets(list(datasets)) if datasets else DATASETS.names()
-    table = Table("Dataset", "Set")
+    table = Table()
+    for column in ("Dataset", "Set"):
+        table.add_column(column, no_wrap=True)
     table.add_column("Kind", min_width=12)
     for column in ("Classes", "Sentences"):
         table.add_column(column, justify="right")
