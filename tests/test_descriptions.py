@@ -356,7 +356,8 @@ def test_runner_hands_sets_to_the_method_and_records_them(
     rerun = sweep([specs[2], third], results_dir=runs, data_root=tmp_path / "data", cache=feature_cache)
     new_hash = rerun[0].provenance["knowledge"]["descriptions"]["hash"]
     assert new_hash != alt_hash and rerun[1].provenance["knowledge"]["descriptions"]["hash"] == new_hash
-    cells = build_cells(load_records(runs))
+    with pytest.warns(UserWarning, match="2 different description sets"):
+        cells = build_cells(load_records(runs))
     alt_rows = cells[
         (cells["space"] == "all") & cells["variant"].str.endswith("alt]") & (cells["kind"] == "seeds")
     ]

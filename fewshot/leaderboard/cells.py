@@ -222,7 +222,8 @@ def _target_means(cells: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _warn_mixed_code(seeds: pd.DataFrame) -> None:
-    """One warning per cell whose seeds came from different code (they are not averaged)."""
+    """One warning per cell whose seeds came from different code, or were made with different
+    description sets (they are not averaged)."""
     import warnings
 
     for keys, group in seeds.groupby(KEY, sort=True):
@@ -234,6 +235,15 @@ def _warn_mixed_code(seeds: pd.DataFrame) -> None:
                 f"{where['variant']} on {where['dataset']} ({where['protocol']}, {where['shots']} shots, "
                 f"{where['backbone']}, {where['precision']}): seeds come from {len(digests)} versions of "
                 f"the method's code ({names}) and are not averaged; `fewshot run` reruns the stale ones.",
+                stacklevel=3,
+            )
+        sets = sorted(set(group["knowledge"])) if "knowledge" in group else []
+        if len(sets) > 1:
+            where = dict(zip(KEY, keys, strict=True))
+            warnings.warn(
+                f"{where['variant']} on {where['dataset']} ({where['protocol']}, {where['shots']} shots): "
+                f"seeds were made with {len(sets)} different description sets ({', '.join(sets)}) and are "
+                "not averaged; `fewshot run` reruns those made with a set that has changed since.",
                 stacklevel=3,
             )
 

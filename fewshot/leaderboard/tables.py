@@ -280,6 +280,7 @@ def _conflict_table(cells: pd.DataFrame) -> pd.DataFrame:
         "split_hash": "Split hash",
         "method_version": "Method version",
         "code_digest": "Code digest",
+        "knowledge": "Description sets",
     }
     table = _display(conflicted.replace({c: {"": "?"} for c in VERSION}), names)
     table["Accuracy"] = [_cell_text(conflicted.loc[[i]]) for i in conflicted.index]
