@@ -11,8 +11,9 @@ of it (KgCoOp's covers kgcoop.py and coop.py; a ``path.py:Class`` method covers 
 except the abstract contract (``fewshot.methods.base``), and every module of the method
 toolkit those modules import, directly or through each other: ``fewshot.methods._*`` (the
 training loop), ``fewshot.prompting`` (prompt construction, the text tower's paths) and
-``fewshot.descriptions`` (the description sets, the toy world's included: it is covered
-whole for every method that declares ``knowledge``).
+the modules of ``fewshot.descriptions`` that load, match and hand over description sets
+(:data:`DESCRIPTION_MODULES`, the toy sets included), covered for every method that declares
+``knowledge`` whether it imports them or not.
 The rest of the harness (sampling, encoding, the runner) is covered by the epoch below.
 Each module is parsed and dumped without positions, and docstrings are dropped, so editing
 a comment, a docstring or the formatting changes nothing, while any change to what the code
@@ -32,12 +33,14 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["HARNESS_EPOCH", "code_digest", "normalized_source"]
+__all__ = ["DESCRIPTION_MODULES", "HARNESS_EPOCH", "code_digest", "normalized_source"]
 
 # 2: Dassl HEAD sampling (small classes kept whole), ImageNet val outside the support set,
 #    augmented views drawn per run seed, presets that see the dataset.
 HARNESS_EPOCH = 2
 _SKIPPED = ("builtins", "abc", "fewshot.methods.base", "typing")
+# The modules of fewshot.descriptions that load, match and hand over sets (the toy sets too).
+DESCRIPTION_MODULES = tuple(f"fewshot.descriptions{m}" for m in ("", ".sets", ".files", ".toy", ".wiring"))
 
 
 def normalized_source(text: str) -> str:
@@ -90,9 +93,10 @@ def _source_files(cls: type) -> list[str]:
 
 
 def _descriptions_files() -> list[str]:
-    """Every module of ``fewshot.descriptions`` (for methods that read description sets)."""
-    folder = Path(__file__).with_name("descriptions")
-    return sorted(str(path) for path in folder.glob("*.py"))
+    """The modules of ``fewshot.descriptions`` that decide what a method that reads
+    description sets receives (not the generators and downloaders that write sets: a set's
+    content hash covers what they make)."""
+    return [f for f in map(_toolkit_file, DESCRIPTION_MODULES) if f]
 
 
 def _package_of(cls: type, path: str) -> str:
@@ -125,8 +129,8 @@ def _imported_modules(path: str, package: str) -> list[str]:
 
 def _toolkit_file(name: str) -> str | None:
     """The source file of module ``name`` if it belongs to the method toolkit, else None."""
-    toolkit = name in ("fewshot.prompting", "fewshot.descriptions") or name.startswith(
-        ("fewshot.prompting.", "fewshot.descriptions.", "fewshot.methods._")
+    toolkit = name in ("fewshot.prompting", *DESCRIPTION_MODULES) or name.startswith(
+        ("fewshot.prompting.", "fewshot.methods._")
     )
     if not toolkit:
         return None
