@@ -209,7 +209,7 @@ def _fail(cls: type, message: str) -> AssertionError:
 
 
 def _check_declarations(cls: type[Adapter]) -> None:
-    """Class-level parts of the contract: config class, needs, supports_novel."""
+    """Class-level parts of the contract: config class, needs, supports_novel, knowledge."""
     if not isinstance(cls, type) or not issubclass(cls, Adapter):
         raise AssertionError(f"{cls!r} is not a subclass of fewshot.methods.base.Adapter.")
     config_cls = cls.config_cls
@@ -222,6 +222,15 @@ def _check_declarations(cls: type[Adapter]) -> None:
         raise _fail(cls, f"needs must be a fewshot.methods.base.Needs, got {cls.needs!r}.")
     if not isinstance(cls.supports_novel, bool):
         raise _fail(cls, f"supports_novel must be a bool, got {cls.supports_novel!r}.")
+    from fewshot.descriptions import KINDS
+
+    for kind in cls.knowledge:
+        if kind not in KINDS or kind not in config_cls.field_names():
+            raise _fail(
+                cls,
+                f"knowledge names {kind!r}: each must be one of {', '.join(KINDS)} and a config field "
+                "of the same name holding the set's name.",
+            )
 
 
 def _predict(adapter: Adapter, batch: QueryBatch) -> torch.Tensor:

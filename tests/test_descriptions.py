@@ -287,8 +287,8 @@ KNOW = textwrap.dedent(
 
         def fit(self, ctx: FitContext) -> None:
             self.backbone = ctx.backbone
-            seen("fit", ctx.dataset, ctx.descriptions.name, ctx.descriptions.content_hash)
-            assert ctx.synonyms is None
+            sets = ctx.descriptions
+            seen("fit", ctx.dataset, sets.name, sets.content_hash, ctx.synonyms is None)
 
         def predict(self, batch: QueryBatch) -> torch.Tensor:
             seen("predict", batch.classnames, batch.descriptions.name, batch.descriptions.content_hash)
@@ -342,7 +342,7 @@ def test_runner_hands_sets_to_the_method_and_records_them(
         {"name": "toy", "kind": "descriptions", "hash": toy_hash}
     ] * 2 + [{"name": "alt", "kind": "descriptions", "hash": alt_hash}] * 2
     seen = [json.loads(line) for line in (tmp_path / "know.log").read_text().splitlines()]
-    assert ["fit", "toy-colors", "alt", alt_hash] in seen
+    assert ["fit", "toy-colors", "alt", alt_hash, True] in seen  # no synonyms: not declared
     assert ["predict", COLORS, "alt", alt_hash] in seen
 
     cells = build_cells(load_records(runs))
@@ -416,3 +416,22 @@ def test_cli_lists_sets_and_dry_run_marks_a_missing_one(tmp_path: Path, know: st
     )
     assert planned.exit_code == 0, planned.output
     assert "toy-colors: no descriptions set 'gpt'" in planned.output
+
+
+def test_contract_checks_knowledge_declarations(know: str) -> None:
+    from dataclasses import dataclass
+
+    from fewshot.methods import METHODS
+    from fewshot.testing import check_adapter
+    from fewshot.types import AdapterConfig
+
+    cls = METHODS.get(know)
+    check_adapter(cls)  # fewshot.testing's contexts carry the toy sets
+
+    @dataclass(frozen=True)
+    class NoField(AdapterConfig):
+        pass
+
+    broken = type("Broken", (cls,), {"config_cls": NoField})
+    with pytest.raises(AssertionError, match="config field of the same name"):
+        check_adapter(broken)
