@@ -64,6 +64,9 @@ def test_published_shapes_are_read_as_they_are(tmp_path: Path) -> None:
         assert got.provenance["source"] == "file" and got.provenance["path"] == str(path)
         assert got.provenance["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert got.content_hash == expected_hash("descriptions", data)
+    bom = tmp_path / "descriptions" / "toy-shapes" / "bom.json"  # a byte-order mark, as some editors write
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({c: [c] for c in SHAPES}).encode())
+    assert load_description_set("toy-shapes", "bom", "descriptions", tmp_path).classes["ring"] == ("ring",)
     synonyms = {c: [c, f"{c} figure"] for c in SHAPES}
     write(tmp_path, "toy-shapes", "gpt-4-turbo-2024-04-09", synonyms)
     got = load_description_set("toy-shapes", "gpt-4-turbo-2024-04-09", "synonyms", tmp_path)

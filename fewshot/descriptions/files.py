@@ -111,7 +111,7 @@ def _read(path_text: str, mtime_ns: int, size: int, kind: str | None) -> Descrip
     path = Path(path_text)
     raw = path.read_bytes()
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DescriptionsError(f"{path} is not a JSON file ({exc}); fix or remove it.") from None
     if not isinstance(data, dict):
@@ -161,7 +161,7 @@ def _sidecar(path: Path) -> dict[str, Any]:
     if not side.is_file():
         return {}
     try:
-        data = json.loads(side.read_text(encoding="utf-8"))
+        data = json.loads(side.read_bytes().decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DescriptionsError(f"{side} is not a JSON file ({exc}); fix or remove it.") from None
     if not isinstance(data, dict):
@@ -352,7 +352,7 @@ def list_description_sets(dataset: str, data_root: Path | str | None) -> list[Li
 
 def _is_native(path: Path) -> bool:
     """Whether a (readable) file is in fewshot's own format."""
-    return "fewshot_descriptions" in json.loads(path.read_text(encoding="utf-8"))
+    return "fewshot_descriptions" in json.loads(path.read_bytes().decode("utf-8-sig"))
 
 
 def _listed(dset: DescriptionSet, kind: str) -> ListedSet:
