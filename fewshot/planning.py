@@ -20,7 +20,7 @@ The plan holds every :class:`~fewshot.types.RunSpec` and the resolved config of 
 uses and its record shows. What needs the data or the weights (the datasets being present,
 the description sets of methods that read them, the backbone loading) is checked by
 :meth:`SweepPlan.check_ready`, which the sweep calls before its first run and ``--dry-run``
-skips (it marks missing datasets instead).
+skips (it marks missing datasets and lists missing description sets instead).
 """
 
 from __future__ import annotations

@@ -11,10 +11,9 @@ where it runs. So every rule below holds under every executor.
   (``provenance.code_digest``, :mod:`fewshot.codeid`), is skipped: a killed sweep resumes
   where it stopped. A record made by other code, or with a description set whose content
   has changed since (``provenance.knowledge``, :mod:`fewshot.descriptions`), is *stale*: it
-  is rerun by default
-  (``rerun="stale"``), every selected run with ``rerun="all"`` (``--force``), none with
-  ``rerun="none"`` (``--no-rerun-stale``). A replaced record is first copied to
-  ``<results>/.history/``; nothing is overwritten in place.
+  is rerun by default (``rerun="stale"``), every selected run with ``rerun="all"``
+  (``--force``), none with ``rerun="none"`` (``--no-rerun-stale``). A replaced record is
+  first copied to ``<results>/.history/``; nothing is overwritten in place.
 - A run that fails writes a failure record and the sweep goes on; so does a fit whose worker
   died or whose job ended without a result (the driver writes those). A record that cannot be
   written (a folder in its place, no permission) fails that run, with the reason; a full disk
