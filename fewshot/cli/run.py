@@ -131,7 +131,8 @@ NoRerunStaleOpt = Annotated[
     bool,
     opt(
         "--no-rerun-stale",
-        help="Keep records made by other code (a changed method) instead of rerunning them.",
+        help="Keep records made by other code (a changed method) or with changed description sets "
+        "instead of rerunning them.",
     ),
 ]
 NoCacheOpt = Annotated[
