@@ -10,7 +10,9 @@ The digest covers every module in the adapter class's inheritance chain that def
 of it (KgCoOp's covers kgcoop.py and coop.py; a ``path.py:Class`` method covers its file),
 except the abstract contract (``fewshot.methods.base``), and every module of the method
 toolkit those modules import, directly or through each other: ``fewshot.methods._*`` (the
-training loop) and ``fewshot.prompting`` (prompt construction, the text tower's paths).
+training loop), ``fewshot.prompting`` (prompt construction, the text tower's paths) and
+``fewshot.descriptions`` (the description sets, the toy world's included: it is covered
+whole for every method that declares ``knowledge``).
 The rest of the harness (sampling, encoding, the runner) is covered by the epoch below.
 Each module is parsed and dumped without positions, and docstrings are dropped, so editing
 a comment, a docstring or the formatting changes nothing, while any change to what the code
@@ -77,12 +79,20 @@ def _source_files(cls: type) -> list[str]:
             path = None
         if path and path not in files:
             files.append(path)
+    if getattr(cls, "knowledge", ()):
+        files += [f for f in _descriptions_files() if f not in files]
     for path in files:  # grows while it is walked: imports of imports
         for name in _imported_modules(path, _package_of(cls, path)):
             found = _toolkit_file(name)
             if found and found not in files:
                 files.append(found)
     return files
+
+
+def _descriptions_files() -> list[str]:
+    """Every module of ``fewshot.descriptions`` (for methods that read description sets)."""
+    folder = Path(__file__).with_name("descriptions")
+    return sorted(str(path) for path in folder.glob("*.py"))
 
 
 def _package_of(cls: type, path: str) -> str:
@@ -115,7 +125,9 @@ def _imported_modules(path: str, package: str) -> list[str]:
 
 def _toolkit_file(name: str) -> str | None:
     """The source file of module ``name`` if it belongs to the method toolkit, else None."""
-    toolkit = name == "fewshot.prompting" or name.startswith(("fewshot.prompting.", "fewshot.methods._"))
+    toolkit = name in ("fewshot.prompting", "fewshot.descriptions") or name.startswith(
+        ("fewshot.prompting.", "fewshot.descriptions.", "fewshot.methods._")
+    )
     if not toolkit:
         return None
     try:

@@ -18,8 +18,9 @@ raises them together as a :class:`PlanError`:
 The plan holds every :class:`~fewshot.types.RunSpec` and the resolved config of each
 (defaults < preset for protocol, shots and dataset < overrides), which is the config the run
 uses and its record shows. What needs the data or the weights (the datasets being present,
-the backbone loading) is checked by :meth:`SweepPlan.check_ready`, which the sweep calls
-before its first run and ``--dry-run`` skips (it marks missing datasets instead).
+the description sets of methods that read them, the backbone loading) is checked by
+:meth:`SweepPlan.check_ready`, which the sweep calls before its first run and ``--dry-run``
+skips (it marks missing datasets instead).
 """
 
 from __future__ import annotations
@@ -171,9 +172,10 @@ class SweepPlan:
         return out
 
     def check_ready(self, *, backbone_device: str | None = None) -> None:
-        """Fail before the first run on what would fail every run: missing datasets, a
-        backbone whose weights cannot be loaded. ``backbone_device`` loads the backbone there
-        instead of on the runs' device (a driver whose runs go to GPU workers: ``cpu``)."""
+        """Fail before the first run on what would fail every run: missing datasets, missing
+        or mismatched description sets, a backbone whose weights cannot be loaded.
+        ``backbone_device`` loads the backbone there instead of on the runs' device (a driver
+        whose runs go to GPU workers: ``cpu``)."""
         missing = self.missing()
         if missing:
             unset = (
@@ -184,11 +186,30 @@ class SweepPlan:
             )
             lines = [f"{name}: missing — {hint}" for name, hint in missing.items()]
             raise ConfigError(unset + "Datasets missing:\n  " + "\n  ".join(lines))
+        self._check_knowledge()
         self._check_shots_fit()
         from fewshot.backbones import load_backbone  # torchvision: only once the cheap checks pass
 
         for backbone, device in sorted({(s.backbone, backbone_device or s.device) for s in self.specs}):
             load_backbone(backbone, device)
+
+    def _check_knowledge(self) -> None:
+        """The description sets of methods that read them (``Adapter.knowledge``) exist and
+        match the classes of every dataset the fit reads, source and targets: one line each."""
+        from fewshot.descriptions.wiring import knowledge_problems
+        from fewshot.methods import METHODS
+
+        fits = [
+            (
+                METHODS.get(f.spec.method),
+                f.config,
+                [f.spec.dataset, *(r.target for r in f.records if r.target)],
+            )
+            for f in self.fits
+        ]
+        problems = knowledge_problems(fits, self.data_root)
+        if problems:
+            raise PlanError(problems)
 
     def _check_shots_fit(self) -> None:
         """Shots above a dataset's largest class are refused before anything is sampled: every

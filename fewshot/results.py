@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import fewshot
 from fewshot._io import atomic_write
+from fewshot.descriptions.wiring import knowledge_label
 from fewshot.types import FewshotError, RunResult, RunSpec, stable_hash
 
 if TYPE_CHECKING:
@@ -85,6 +86,10 @@ PROVENANCE_KEYS = (
     # means False. No built-in method sets it: it is for plugins and imported records, and
     # the leaderboard marks such results ‡.
     "selected_on_test",
+    # Description sets (fewshot.descriptions) of a method that reads them: kind -> {name, kind,
+    # hash}, for the fitted dataset and (a cross-dataset record) the target's own.
+    "knowledge",
+    "target_knowledge",
     "executor",  # where the run ran: local, ray or slurm (fewshot.executors)
     "log",  # a Slurm job's log file (its stdout and stderr)
 )
@@ -119,6 +124,7 @@ RECORD_COLUMNS = (
     "selected_on_test",
     "method_version",
     "code_digest",
+    "knowledge",  # the description sets used, "kind=name@hash|..." ("" for none)
     "method_kind",
     "fewshot_version",
     "git_hash",
@@ -278,6 +284,7 @@ def _run_columns(result: RunResult, path: Path | None) -> dict[str, Any]:
         # unless the runner records "method_version": they change with fewshot_version/git_hash.
         "method_version": prov.get("method_version") or origin.get("version"),
         "code_digest": prov.get("code_digest"),
+        "knowledge": knowledge_label(prov),
         "method_kind": origin.get("kind"),
         "schema_version": result.schema_version,
         "path": str(path) if path is not None else None,

@@ -27,7 +27,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from fewshot.codeid import code_digest
+from fewshot.descriptions.wiring import knowledge_record, load_knowledge
 from fewshot.precision import AutocastFactory, autocast_for
 from fewshot.types import (
     AdapterConfig,
@@ -52,6 +53,7 @@ from fewshot.types import (
 if TYPE_CHECKING:
     from fewshot.backbones import Backbone
     from fewshot.datasets.base import Dataset
+    from fewshot.descriptions import DescriptionSet
     from fewshot.features import FeatureCache
     from fewshot.methods.base import Adapter, FitContext
 
@@ -137,6 +139,7 @@ class Prepared:
     autocast: AutocastFactory
     started: float  # perf_counter at the start of the run
     encoded_before: int  # the cache's image count at the start of the run
+    knowledge: dict[str, DescriptionSet] = field(default_factory=dict)  # kind -> the source's set
 
 
 def prepare(
@@ -145,11 +148,13 @@ def prepare(
     """Resolve the config, load the backbone and dataset, sample the task, build the context."""
     from fewshot.backbones import load_backbone
     from fewshot.datasets import get_dataset
+    from fewshot.methods import METHODS
     from fewshot.planning import resolve_config
     from fewshot.protocols import task_for
 
     started, encoded_before = time.perf_counter(), cache.images_encoded
     config = resolve_config(spec)
+    knowledge = load_knowledge(METHODS.get(spec.method), config, spec.dataset, data_root)
     device = torch.device(spec.device)
     _reset_peak_memory(device)
     backbone = load_backbone(spec.backbone, device)
@@ -161,6 +166,7 @@ def prepare(
     _seed_everything(spec.seed)
     autocast = autocast_for(spec.precision, backbone.device)
     ctx = _fit_context(spec, task, dataset, splits, backbone, cache, progress, autocast)
+    ctx.descriptions, ctx.synonyms = knowledge.get("descriptions"), knowledge.get("synonyms")
     return Prepared(
         spec,
         config,
@@ -174,6 +180,7 @@ def prepare(
         autocast,
         started,
         encoded_before,
+        knowledge,
     )
 
 
@@ -336,6 +343,8 @@ def fit(prepared: Prepared) -> Fitted:
     provenance = _provenance(prepared)
     provenance["method_version"] = method_cls.version
     provenance["code_digest"] = code_digest(method_cls)
+    if prepared.knowledge:
+        provenance["knowledge"] = knowledge_record(prepared.knowledge)
     return Fitted(prepared, adapter, fit_end, costs, _extra_costs(adapter), provenance)
 
 
@@ -396,11 +405,13 @@ def _score_target(
 
     dataset = get_dataset(target, fitted.prepared.data_root)
     tspec, splits = dataset.spec(), dataset.splits()
-    provenance = {
+    provenance: dict[str, Any] = {
         "target_split_hash": splits.hash,
         "target_dataset_version": tspec.version,
         "target_split_source": tspec.split_source,
     }
+    if fitted.prepared.knowledge:
+        provenance["target_knowledge"] = knowledge_record(_knowledge(fitted, dataset))
     if not fitted.adapter.supports_novel and not set(tspec.classnames) <= trained:
         return {target: None}, provenance  # a closed-set classifier cannot take new class names
     space = LabelSpace(target, target, tuple(range(tspec.num_classes)))
@@ -424,10 +435,26 @@ def _accuracy(fitted: Fitted, dataset: Dataset, test: Split, space: LabelSpace) 
     return accuracy(logits, labels)
 
 
-def _query(dataset: Dataset, space: LabelSpace) -> dict[str, Any]:
+def _query(fitted: Fitted, dataset: Dataset, space: LabelSpace) -> dict[str, Any]:
+    """QueryBatch fields of a label space: class names, templates, the dataset's sets."""
     dspec = dataset.spec()
     classnames = [dspec.classnames[label] for label in space.labels]
-    return {"classnames": classnames, "template": dspec.template, "templates": list(dspec.templates)}
+    sets = _knowledge(fitted, dataset)
+    return {
+        "classnames": classnames,
+        "template": dspec.template,
+        "templates": list(dspec.templates),
+        "descriptions": sets.get("descriptions"),
+        "synonyms": sets.get("synonyms"),
+    }
+
+
+def _knowledge(fitted: Fitted, dataset: Dataset) -> dict[str, DescriptionSet]:
+    """The sets of the query dataset: the source's, or a target's own."""
+    p = fitted.prepared
+    if not p.knowledge or dataset.name == p.spec.dataset:
+        return p.knowledge
+    return load_knowledge(type(fitted.adapter), p.config, dataset.name, p.data_root)
 
 
 def _logits_from_features(fitted: Fitted, dataset: Dataset, test: Split, space: LabelSpace) -> torch.Tensor:
@@ -442,7 +469,7 @@ def _logits_from_features(fitted: Fitted, dataset: Dataset, test: Split, space: 
         p.backbone, dataset, test, cache=p.cache, precision=p.spec.precision, num_workers=workers
     )
     index = [i for i, item in enumerate(test.items) if item.label in set(space.labels)]
-    query, logits = _query(dataset, space), []
+    query, logits = _query(fitted, dataset, space), []
     with torch.no_grad(), p.autocast():
         for chunk in torch.split(feats.features[index].to(p.backbone.device), EVAL_BATCH):
             logits.append(fitted.adapter.predict(QueryBatch(features=chunk, **query)).float().cpu())
@@ -460,7 +487,7 @@ def _logits_from_images(
     images = SubsetImages(
         dataset, items, p.backbone, space.relabel(), num_workers=loader_workers(p.backbone.device)
     )
-    query, logits = _query(dataset, space), []
+    query, logits = _query(fitted, dataset, space), []
     with torch.no_grad(), p.autocast():
         for batch, _ in images.loader(256, augment=False, shuffle=False):
             pixels = batch.to(p.backbone.device)

@@ -9,7 +9,9 @@ where it runs. So every rule below holds under every executor.
 
 - A run whose record exists with the same spec hash, made by the same code
   (``provenance.code_digest``, :mod:`fewshot.codeid`), is skipped: a killed sweep resumes
-  where it stopped. A record made by other code is *stale*: it is rerun by default
+  where it stopped. A record made by other code, or with a description set whose content
+  has changed since (``provenance.knowledge``, :mod:`fewshot.descriptions`), is *stale*: it
+  is rerun by default
   (``rerun="stale"``), every selected run with ``rerun="all"`` (``--force``), none with
   ``rerun="none"`` (``--no-rerun-stale``). A replaced record is first copied to
   ``<results>/.history/``; nothing is overwritten in place.
@@ -36,6 +38,7 @@ import torch
 from fewshot import runner
 from fewshot._io import atomic_write_bytes, ensure_writable_dir
 from fewshot.codeid import code_digest
+from fewshot.descriptions.wiring import knowledge_changed
 from fewshot.results import NewerRecordError, command_line, find_record, write_record
 from fewshot.types import FewshotError, RunResult, RunSpec
 
@@ -283,6 +286,7 @@ class _Sweep:
         if previous is None or not previous.ok or self.rerun == "all":
             return False
         stale = previous.provenance.get("code_digest") != self._digest(spec.method)
+        stale = stale or knowledge_changed(spec, previous.provenance, self.data_root)
         if stale and self.rerun == "stale":
             return False
         self.done[spec] = previous

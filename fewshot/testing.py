@@ -124,10 +124,13 @@ def make_fit_context(
     shots: int = 2,
     seed: int = 1,
     aug_views: int = 2,
+    sets: str | None = "toy",
 ) -> FitContext:
     """A small FitContext on a toy dataset: ``shots`` support images of each of ``classes``
     (label ids, relabelled 0..C-1 in this order), ``min(shots, 4)`` val images per class,
-    ``aug_views`` cached augmented views (0 = online augmentation only). No test data."""
+    ``aug_views`` cached augmented views (0 = online augmentation only). No test data.
+    ``sets``: the description sets of both kinds attached (the toy world's built-in ``toy``
+    sets, covering every class of the dataset; None: none)."""
     from fewshot.datasets import get_dataset
 
     bb, data = _resolve(backbone), get_dataset(dataset)
@@ -158,7 +161,19 @@ def make_fit_context(
         generator=torch.Generator().manual_seed(seed),
         device=bb.device,
         dataset=dataset,
+        **_sets(dataset, sets),
     )
+
+
+def _sets(dataset: str, name: str | None) -> dict[str, Any]:
+    """``descriptions`` and ``synonyms`` of ``dataset`` named ``name`` (None: none; the
+    built-in ``toy`` sets exist only for toy datasets)."""
+    from fewshot.descriptions import KINDS, load_description_set
+    from fewshot.descriptions.toy import TOY_SET, is_toy
+
+    if not name or (name == TOY_SET and not is_toy(dataset)):
+        return dict.fromkeys(KINDS)
+    return {kind: load_description_set(dataset, name, kind, None) for kind in KINDS}
 
 
 def make_query_batch(
@@ -168,9 +183,11 @@ def make_query_batch(
     classes: Sequence[int] = (0, 1, 2),
     per_class: int = 2,
     needs: Needs = Needs.FEATURES,
+    sets: str | None = "toy",
 ) -> QueryBatch:
     """Test images of ``classes`` as a QueryBatch over their class names: raw features for
-    ``Needs.FEATURES``, preprocessed images for ``Needs.IMAGES`` (only what ``needs`` asks)."""
+    ``Needs.FEATURES``, preprocessed images for ``Needs.IMAGES`` (only what ``needs`` asks);
+    ``sets`` as for :func:`make_fit_context`."""
     from fewshot.datasets import get_dataset
 
     bb, data = _resolve(backbone), get_dataset(dataset)
@@ -183,6 +200,7 @@ def make_query_batch(
         templates=list(spec.templates),
         features=bb.encode_images(pixels) if needs is Needs.FEATURES else None,
         images=pixels if needs is Needs.IMAGES else None,
+        **_sets(dataset, sets),
     )
 
 

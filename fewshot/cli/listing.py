@@ -1,9 +1,9 @@
-"""``fewshot list``: methods, datasets, backbones and suites."""
+"""``fewshot list``: methods, datasets, backbones, suites and description sets."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,7 +15,9 @@ from fewshot.types import FewshotError
 __all__ = ["list_app"]
 
 list_app = typer.Typer(
-    cls=ErrorGroup, help="List methods, datasets, backbones or suites.", no_args_is_help=True
+    cls=ErrorGroup,
+    help="List methods, datasets, backbones, suites or description sets.",
+    no_args_is_help=True,
 )
 
 
@@ -95,3 +97,43 @@ def suites_table(data_root: Path | None) -> None:
         style = "green" if present == len(members) else "yellow"
         table.add_row(name, ", ".join(members), Text(f"{present}/{len(members)}", style=style))
     console.print(table)
+
+
+@list_app.command("descriptions")
+def list_descriptions(
+    datasets: Annotated[
+        list[str] | None,
+        typer.Argument(help="Datasets to show (default: every dataset).", show_default=False),
+    ] = None,
+    data_root: DataRootOpt = None,
+) -> None:
+    """Description sets per dataset: name, kind, classes, sentences, content hash, source."""
+    from fewshot.datasets import DATASETS, resolve_datasets
+    from fewshot.descriptions.files import list_description_sets
+
+    names = resolve_datasets(list(datasets)) if datasets else DATASETS.names()
+    table = Table("Dataset", "Set")
+    table.add_column("Kind", min_width=12)
+    for column in ("Classes", "Sentences"):
+        table.add_column(column, justify="right")
+    table.add_column("Hash", min_width=16, no_wrap=True)
+    table.add_column("Source")
+    for name in names:
+        for listed in list_description_sets(name, data_root):
+            if listed.error:
+                table.add_row(name, listed.name, "?", "", "", "", Text(listed.error, style="red"))
+                continue
+            row = (listed.kind, str(listed.classes), str(listed.sentences), listed.hash, listed.source)
+            table.add_row(name, listed.name, *row)
+    if table.row_count:
+        console.print(table)
+    else:
+        console.print("No description sets found.")
+    if data_root is None:
+        console.print("No data root (--data-root or $FEWSHOT_DATA): only the toy world's built-in sets.")
+    console.print(
+        f"Sets live in {data_root or 'DATA_ROOT'}/descriptions/DATASET/NAME.json; get them with "
+        "`fewshot data download descriptions` or `fewshot describe DATASET`. Kind 'any': a plain "
+        "{class: [sentences]} file, read as the kind a method asks for.",
+        soft_wrap=True,
+    )

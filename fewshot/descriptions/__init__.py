@@ -2,65 +2,40 @@
 
 A :class:`DescriptionSet` maps each class name to its sentences (LLM descriptions, synonyms,
 or the toy world's own). Methods that classify with language knowledge declare which kinds
-they need in ``Adapter.knowledge``; the runner loads the matching sets for the run's dataset
-and hands them over in ``FitContext`` and ``QueryBatch``. The content hash enters every
-record made with a set, so runs with different sets never average together.
+they need in ``Adapter.knowledge`` and name the set in their config field of the same name
+(``config.descriptions``, ``config.synonyms``); the runner loads the named set for the run's
+dataset (:mod:`.wiring`) and hands it over in ``FitContext`` and ``QueryBatch``. The content
+hash enters every record made with a set, so runs with different sets never average together.
+
+Where sets come from (:mod:`.files`): ``$FEWSHOT_DATA/descriptions/<dataset>/<name>.json``,
+in fewshot's own format or as the published ``{class: [sentences]}`` files (DCLIP, CuPL,
+ProAPO), with the file's class names matched to the dataset's; the toy world's sets, named
+``toy``, are built in code (:mod:`.toy`).
 """
 
-from __future__ import annotations
+from fewshot.descriptions.files import (
+    FORMAT_VERSION,
+    list_description_sets,
+    load_description_set,
+    match_classes,
+    read_description_file,
+    save_description_set,
+    set_path,
+    sets_dir,
+)
+from fewshot.descriptions.sets import KINDS, DescriptionsError, DescriptionSet, MissingDescriptionsError
 
-import hashlib
-import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any
-
-from fewshot.types import FewshotError
-
-__all__ = ["KINDS", "DescriptionSet"]
-
-KINDS = ("descriptions", "synonyms")  # what a set holds per class
-
-
-@dataclass(frozen=True)
-class DescriptionSet:
-    """Sentences per class name, with where they came from.
-
-    ``classes`` keys are the dataset's class names (already matched); ``provenance`` records
-    the source (file, URL or generator: model, endpoint host, prompt, sampling, date).
-    """
-
-    name: str  # e.g. "dclip", "cupl-full", "toy"
-    classes: Mapping[str, tuple[str, ...]]
-    kind: str = "descriptions"  # one of KINDS
-    provenance: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise FewshotError(f"Unknown description kind {self.kind!r}; use one of {', '.join(KINDS)}.")
-
-    @cached_property
-    def content_hash(self) -> str:
-        """sha256 (16 hex) of the sentences, independent of dict order and provenance."""
-        canonical = json.dumps(
-            {name: list(sentences) for name, sentences in sorted(self.classes.items())},
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        return hashlib.sha256(f"{self.kind}\n{canonical}".encode()).hexdigest()[:16]
-
-    def sentences(self, classnames: Sequence[str]) -> list[tuple[str, ...]]:
-        """The sentences of each class, in ``classnames`` order; an error names missing classes."""
-        missing = [name for name in classnames if name not in self.classes]
-        if missing:
-            shown = ", ".join(repr(name) for name in missing[:5]) + (", ..." if len(missing) > 5 else "")
-            raise FewshotError(
-                f"Description set {self.name!r} has no {self.kind} for {shown}; "
-                "use a set made for this dataset (fewshot list descriptions)."
-            )
-        return [tuple(self.classes[name]) for name in classnames]
-
-    def record(self) -> dict[str, str]:
-        """What a run record keeps of the set: its name, kind and content hash."""
-        return {"name": self.name, "kind": self.kind, "hash": self.content_hash}
+__all__ = [
+    "FORMAT_VERSION",
+    "KINDS",
+    "DescriptionSet",
+    "DescriptionsError",
+    "MissingDescriptionsError",
+    "list_description_sets",
+    "load_description_set",
+    "match_classes",
+    "read_description_file",
+    "save_description_set",
+    "set_path",
+    "sets_dir",
+]

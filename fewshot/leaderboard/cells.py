@@ -29,7 +29,9 @@ __all__ = [
 ]
 
 KEY = ["protocol", "backbone", "precision", "method", "variant", "shots", "dataset"]
-VERSION = ["dataset_version", "split_hash", "method_version", "code_digest"]
+# Seeds average only within one version group; groups that differ under one KEY conflict.
+# "knowledge" names the description sets (name and content hash) a run used.
+VERSION = ["dataset_version", "split_hash", "method_version", "code_digest", "knowledge"]
 ROW = ["protocol", "backbone", "precision", "method", "variant", "shots"]  # a row of a wide table
 CELL_COLUMNS = [
     *KEY,
@@ -242,7 +244,7 @@ def build_cells(records: pd.DataFrame) -> pd.DataFrame:
 
     ok = records[(records["status"] == "ok") & (records["space"] != "")].copy()
     # Missing versions compare equal to each other ("" == ""), never to a real version.
-    ok[VERSION] = ok[VERSION].fillna("").astype(str)
+    ok[VERSION] = ok.reindex(columns=VERSION).fillna("").astype(str)
     seeds = pd.DataFrame(_seed_cells(ok), columns=CELL_COLUMNS)
     groups = seeds.drop_duplicates([*KEY, *VERSION]).groupby(KEY).size()
     conflicted = set(groups[groups > 1].index)
