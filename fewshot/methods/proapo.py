@@ -333,6 +333,14 @@ class ProAPO(Adapter):
         }
 
     def extra_costs(self) -> dict[str, float]:
-        """Distinct prompts encoded and candidate prompt sets scored."""
-        encoded = self.cache.encoded if self.cache else 0
-        return {"prompts_encoded": float(encoded), "candidates_scored": float(self.scored)}
+        """Distinct prompts encoded, candidate prompt sets scored, and the search's best
+        training fitness per stage at its first and last generation (the full history per
+        generation is in :meth:`selected`)."""
+        costs = {"prompts_encoded": float(self.cache.encoded if self.cache else 0)}
+        costs["candidates_scored"] = float(self.scored)
+        for stage, values in self.history.items():
+            if values:
+                costs[f"fitness_{stage}_first"] = round(values[0], 6)
+                costs[f"fitness_{stage}_last"] = round(values[-1], 6)
+                costs[f"generations_{stage}"] = float(len(values))
+        return costs
