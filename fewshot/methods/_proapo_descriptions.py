@@ -86,11 +86,10 @@ class DescriptionSearch:
         current: list[list[Item]],
         generator: torch.Generator,
         threshold: float,
-        seed: int,
     ) -> None:
         self.prompts, self.scorer, self.weights = prompts, scorer, weights
         self.pools, self.current = pools, [list(s) for s in current]
-        self.generator, self.threshold, self.seed = generator, threshold, seed
+        self.generator, self.threshold = generator, threshold
         self.history: list[float] = []
 
     # -- scoring -------------------------------------------------------------------------
@@ -155,7 +154,7 @@ class DescriptionSearch:
         seen = torch.bincount(labels.cpu(), minlength=num)
         per_class = torch.where(seen > 0, per_class / seen.clamp(min=1), torch.full_like(per_class, -1.0))
         order = sorted(range(num), key=lambda c: -float(per_class[c]))
-        clusters = kmeans_groups(text, self.seed)
+        clusters = kmeans_groups(text, randint(self.generator, 0, 2**31 - 2))
         top5 = logits.topk(min(5, num), dim=-1).indices
         cap, budget = log_count(num, 2.5), log_count(num, 10)
         taken: set[int] = set()

@@ -74,7 +74,8 @@ Deviations from the official code:
   carries its record across groups, ``update_record_in_group_end_mode="use_top1"``).
 - Weighted library sampling (``prompt_sample_mode: weighted``, Oxford Pets) is not
   implemented; sampling is uniform everywhere.
-- K-means is scikit-learn's (150 iterations, 1 init, seeded by the run seed), not faiss.
+- K-means is scikit-learn's (150 iterations, 1 init, its seed drawn from the run's generator),
+  not faiss.
 - Prompts keep their case (the original lower-cases stage-2 prompts; CLIP's tokenizer
   lower-cases anyway). Synonyms and descriptions come from the run's sets (``synonyms``,
   ``descriptions`` configs; "" drops one), not the repository's JSON files; DCLIP-style
@@ -247,7 +248,7 @@ class ProAPO(Adapter):
         pools, described = self._pools(ctx, templates)
         if self.config.stage2 and any(pools):
             search = DescriptionSearch(
-                self.prompts, scorer, self.weights("desc"), pools, current, ctx.generator, threshold, ctx.seed
+                self.prompts, scorer, self.weights("desc"), pools, current, ctx.generator, threshold
             )
             search.history.append(search.current_fitness())
             if self.config.description_sample and any(described):
