@@ -16,7 +16,7 @@ from fewshot.methods.cupl import CuPL, CuPLConfig
 from fewshot.methods.dclip import DCLIP, DCLIPConfig, dclip_strings, descriptor_phrase
 from fewshot.methods.proapo import ProAPO, ProAPOConfig
 from fewshot.methods.zeroshot import default_templates
-from fewshot.testing import make_fit_context, make_query_batch
+from fewshot.testing import check_adapter, make_fit_context, make_query_batch
 from fewshot.toyworld.catalog import class_descriptions, class_descriptors
 
 CLASSES = (0, 1, 2, 3, 4)
@@ -237,3 +237,17 @@ def test_shuffled_test_labels_leave_proapo_choices_unchanged(monkeypatch, featur
     chosen_shuffled, accuracy_shuffled = fitted_run()
     assert chosen_shuffled == chosen
     assert accuracy_shuffled != accuracy
+
+
+@pytest.mark.parametrize(
+    ("cls", "overrides"),
+    [
+        (DCLIP, {"descriptions": "toy"}),
+        (CuPL, {"descriptions": "toy", "standard": True}),
+        (ProAPO, {"descriptions": "toy", "synonyms": "toy", "epochs": 2, "epochs_outer": 1}),
+    ],
+)
+def test_contract_with_the_toy_sets(cls, overrides):
+    """The Adapter contract with the sets read (the registry-wide contract test runs the
+    methods without a dataset, hence without sets)."""
+    check_adapter(cls, overrides=overrides)
