@@ -107,7 +107,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def fake() -> Iterator[Fake]:
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake]:
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.fake = Fake(url=f"http://127.0.0.1:{server.server_port}/v1")  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -323,7 +323,11 @@ def generate_set(
         task = progress.add_task(f"{style.name} via {endpoint.host}", total=len(classnames))
 
         def one(classname: str) -> None:
-            results[classname] = asker.sentences(classname, near.get(classname, ()))
+            try:
+                results[classname] = asker.sentences(classname, near.get(classname, ()))
+            except BaseException:
+                asker.stop.set()  # before the next class starts: nothing more is sent
+                raise
             progress.advance(task)
 
         _run_all(one, classnames, max(1, concurrency), asker.stop)
