@@ -245,3 +245,33 @@ def test_confusion_aware_names_nearest_classes(fake: Fake, tmp_path: Path) -> No
 def test_no_key_is_an_error(fake: Fake, tmp_path: Path) -> None:
     code, out = describe(fake, tmp_path, key="")
     assert code == 2 and "OPENAI_API_KEY" in out and fake.requests == 0
+
+
+def test_cache_key_holds_the_model(fake: Fake, tmp_path: Path) -> None:
+    assert describe(fake, tmp_path)[0] == 0
+    argv = [
+        "describe",
+        "toy-objects",
+        "--base-url",
+        fake.url,
+        "--model",
+        "other",
+        "--data-root",
+        str(tmp_path),
+    ]
+    argv += ["--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(app, argv, env={"OPENAI_API_KEY": KEY})
+    assert result.exit_code == 0, result.output
+    assert fake.requests == 2 * len(TOY)  # another model: asked again
+    assert {b["model"] for b in fake.bodies} == {"fake", "other"}
+
+
+def test_endpoint_host_and_scrub_drop_credentials() -> None:
+    from fewshot.descriptions.generate import Endpoint
+
+    endpoint = Endpoint("https://user:pa55word@llm.example:8443/v1", "m", KEY)
+    assert endpoint.host == "llm.example:8443"
+    assert endpoint.scrub(f"bad key {KEY} at https://user:pa55word@llm.example") == (
+        "bad key *** at https://user:***@llm.example"
+    )
+    assert KEY not in repr(endpoint)

@@ -337,18 +337,23 @@ def generate_set(
 
 
 def _run_all(one: Callable[[str], None], items: Sequence[str], workers: int, stop: threading.Event) -> None:
+    """Run ``one`` on every item; on the first error (or Ctrl-C) stop the rest and raise it.
+
+    Requests already in flight finish (their answers are cached); nothing new is sent.
+    """
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fewshot-describe") as pool:
         futures: list[Future[None]] = [pool.submit(one, item) for item in items]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in futures if f.done() and f.exception() is not None]
-        if failed:
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # Ctrl-C in the main thread
             stop.set()
-            for future in futures:
-                future.cancel()
-            wait(futures)
-            errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
-            first = next((e for e in errors if not isinstance(e, _Stopped)), errors[0])
-            raise first  # type: ignore[misc]
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        if any(f.done() and f.exception() is not None for f in futures):
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            errors = [e for f in futures if f.done() and not f.cancelled() and (e := f.exception())]
+            raise next((e for e in errors if not isinstance(e, _Stopped)), errors[0])
 
 
 def _provenance(style: Style, endpoint: Endpoint) -> dict[str, Any]:
