@@ -3,7 +3,8 @@
 Commands: ``run`` (:mod:`~fewshot.cli.run`: a sweep, or its plan with ``--dry-run``),
 ``list`` (:mod:`~fewshot.cli.listing`), ``leaderboard`` (:mod:`~fewshot.cli.leaderboard`),
 ``status`` (:mod:`~fewshot.cli.status`: done, failed, pending and running runs),
-``cache`` (:mod:`~fewshot.cli.cache`) and ``data`` (:mod:`~fewshot.cli.data`). torch,
+``cache`` (:mod:`~fewshot.cli.cache`), ``data`` (:mod:`~fewshot.cli.data`) and ``describe``
+(:mod:`~fewshot.cli.describe`: description sets from an LLM). torch,
 open_clip and pandas are imported inside the commands that need them, so ``fewshot --help``
 stays fast.
 
