@@ -3,7 +3,8 @@
 Commands: ``run`` (:mod:`~fewshot.cli.run`: a sweep, or its plan with ``--dry-run``),
 ``list`` (:mod:`~fewshot.cli.listing`), ``leaderboard`` (:mod:`~fewshot.cli.leaderboard`),
 ``status`` (:mod:`~fewshot.cli.status`: done, failed, pending and running runs),
-``cache`` (:mod:`~fewshot.cli.cache`) and ``data`` (:mod:`~fewshot.cli.data`). torch,
+``cache`` (:mod:`~fewshot.cli.cache`), ``data`` (:mod:`~fewshot.cli.data`) and ``describe``
+(:mod:`~fewshot.cli.describe`: description sets from an LLM). torch,
 open_clip and pandas are imported inside the commands that need them, so ``fewshot --help``
 stays fast.
 
@@ -22,6 +23,7 @@ import fewshot
 from fewshot.cli._common import ErrorGroup, console, err_console
 from fewshot.cli.cache import cache_app
 from fewshot.cli.data import data_app
+from fewshot.cli.describe import describe_command
 from fewshot.cli.leaderboard import leaderboard_command
 from fewshot.cli.listing import list_app
 from fewshot.cli.run import run_command
@@ -42,6 +44,7 @@ app = typer.Typer(
 app.command("run")(run_command)
 app.command("leaderboard")(leaderboard_command)
 app.command("status")(status_command)
+app.command("describe")(describe_command)
 app.add_typer(list_app, name="list")
 app.add_typer(cache_app, name="cache")
 app.add_typer(data_app, name="data")

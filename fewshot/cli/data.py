@@ -7,6 +7,9 @@
   extract each dataset (:mod:`fewshot.datasets.download`), or print the exact manual steps
   where there is no public source. Every dataset is handled before the exit code is decided:
   0 when all are in place, 1 when some need manual steps or failed.
+- ``download descriptions [--dataset NAME ...] [--data-root DIR] [--mirror descriptions=URL]
+  [--force]``: the published LLM descriptions and synonyms (ProAPO's, DCLIP's, CuPL's), verified
+  and stored as description sets (:mod:`fewshot.descriptions.published`); exit 1 if some failed.
 - ``check [NAME...] [--data-root DIR] [--deep]``: per dataset, present and sound, missing, or
   wrong, with the fix (``Dataset.check``); exit 1 when a named dataset is missing or any
   present one is broken.
@@ -57,7 +60,8 @@ NamesArg = Annotated[
     list[str],
     typer.Argument(
         metavar="NAME...",
-        help="Datasets or suites (e.g. oxford-pets dtd, or coop11); comma lists work too.",
+        help="Datasets or suites (e.g. oxford-pets dtd, or coop11); comma lists work too. "
+        "`descriptions`: the published LLM descriptions (see --dataset).",
         show_default=False,
     ),
 ]
@@ -162,21 +166,39 @@ def _summary(outcomes: list[Outcome], root: Path) -> Table:
     return table
 
 
+DescDatasetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dataset",
+        metavar="NAME",
+        help="With `descriptions`: only these datasets' files (repeatable, comma lists work).",
+        show_default=False,
+    ),
+]
+
+
 @data_app.command("download")
 def download_command(
     names: NamesArg,
     data_root: DataRootOpt = None,
     mirror: MirrorOpt = None,
     force: ForceOpt = False,
+    dataset: DescDatasetOpt = None,
 ) -> None:
     """Download, verify and extract datasets; print the manual steps where there is no public source.
 
     Interrupted downloads resume where they stopped when the command is run again.
+    `fewshot data download descriptions` fetches the published LLM descriptions and synonyms.
     """
     from fewshot.datasets.download import download_dataset
 
     if data_root is None:
         raise ConfigError("No data root: pass --data-root DIR or set $FEWSHOT_DATA.")
+    if _split(names) == ["descriptions"]:
+        download_descriptions_command(data_root, _split(dataset), mirror or [], force)
+        return
+    if dataset:
+        raise ConfigError("--dataset goes with `fewshot data download descriptions` only.")
     keys = resolve_download_names(names)
     mirrors = parse_mirrors(mirror or [])
     data_root.mkdir(parents=True, exist_ok=True)
@@ -193,6 +215,40 @@ def download_command(
             f"{len(pending)} of {len(outcomes)} datasets are not in place: {listed}. Follow the steps "
             "printed above, then run the command again."
         )
+        raise typer.Exit(NOT_IN_PLACE_EXIT)
+
+
+def download_descriptions_command(
+    data_root: Path, datasets: list[str], mirrors: list[str], force: bool
+) -> None:
+    """``fewshot data download descriptions``: fetch, verify and store the published files."""
+    from fewshot.descriptions.published import MIRROR_KEY, download_descriptions, select_files
+
+    mirror = None
+    for item in mirrors:
+        name, sep, url = (part.strip() for part in item.partition("="))
+        if name != MIRROR_KEY or not sep or not url:
+            raise ConfigError(f"Bad --mirror {item!r} for descriptions: write --mirror {MIRROR_KEY}=URL.")
+        mirror = url
+    files = select_files(datasets)
+    data_root.mkdir(parents=True, exist_ok=True)
+    outcomes = download_descriptions(data_root, files, mirror=mirror, force=force, console=err_console)
+    table = Table("Dataset", "Set", "Source", "Status", title=f"Description sets under {data_root}")
+    for o in outcomes:
+        style = "green" if o.ok else "red"
+        (err_console if not o.ok else console).print(
+            Text.assemble((f"{o.file.dataset}/{o.file.name}: ", "bold"), (o.status, style), f" {o.message}")
+        )
+        table.add_row(o.file.dataset, o.file.name, o.file.repository, Text(o.status, style=style))
+    console.print(table)
+    console.print(
+        "These texts state no licence: they are fetched from the authors' repositories for your own "
+        "use and are not part of fewshot.",
+        soft_wrap=True,
+    )
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        _error(f"{len(failed)} of {len(outcomes)} files failed (see above); run the command again to retry.")
         raise typer.Exit(NOT_IN_PLACE_EXIT)
 
 
