@@ -42,6 +42,8 @@ METHODS.register("maple", "fewshot.methods.maple:MaPLe", needs="images", novel="
 METHODS.register("promptsrc", "fewshot.methods.promptsrc:PromptSRC", needs="images", novel="yes")
 METHODS.register("cocoop", "fewshot.methods.cocoop:CoCoOp", needs="features", novel="yes")
 METHODS.register("kgcoop", "fewshot.methods.kgcoop:KgCoOp", needs="features", novel="yes")
+METHODS.register("tip-adapter", "fewshot.methods.tip_adapter:TipAdapter", needs="features", novel="no")
+METHODS.register("tip-adapter-f", "fewshot.methods.tip_adapter_f:TipAdapterF", needs="features", novel="no")
 
 
 def get_method(name: str) -> type[Adapter]:
