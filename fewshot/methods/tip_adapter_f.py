@@ -49,7 +49,7 @@ from torch import nn
 
 from fewshot.methods._tip_cache import tip_logits
 from fewshot.methods.base import FitContext
-from fewshot.methods.tip_adapter import TIP_PRESETS, TipAdapter, TipAdapterConfig
+from fewshot.methods.tip_adapter import TipAdapter, TipAdapterConfig, tip_preset
 from fewshot.types import ConfigError, FeatureSet, FewshotError
 from fewshot.workload import StepCost
 
@@ -80,8 +80,9 @@ class TipAdapterFConfig(TipAdapterConfig):
     def preset(cls, protocol: str, shots: int, dataset: str) -> dict[str, Any]:
         """Tip-Adapter's preset plus the dataset's epochs (EuroSAT 100, else 20)."""
         values = super().preset(protocol, shots, dataset)
-        if dataset in TIP_PRESETS:
-            values["epochs"] = TIP_PRESETS[dataset][3]
+        table = tip_preset(dataset)
+        if table is not None:
+            values["epochs"] = table[3]
         return values
 
 
