@@ -6,7 +6,8 @@ FitContext holds the support and few-shot val subsets only. A method that reprod
 a protocol says so per config with :meth:`Adapter.reads_test`; for those configs alone the
 runner calls :func:`with_selection_sets`, which adds to the FitContext
 
-- ``full_val``: the whole val split of the training classes, relabelled;
+- ``full_val``: the whole val split of the training classes, relabelled; None for a dataset
+  without a val split of its own (ImageNet, whose ``Splits.val`` is its train split);
 - ``test_for_selection``: the test split of the training classes, relabelled;
 
 and :func:`mark_provenance` sets ``selected_on_test`` in every record of the fit, which the
@@ -46,7 +47,8 @@ def with_selection_sets(
     precision: str,
     num_workers: int,
 ) -> FitContext:
-    """``ctx`` with ``full_val`` and ``test_for_selection`` filled in (training classes only)."""
+    """``ctx`` with ``full_val`` (unless the val split is the train split) and
+    ``test_for_selection`` filled in, both restricted to the training classes."""
     relabel = task.train_space.relabel()
 
     def encoded(split: Split) -> FeatureSet:
@@ -60,7 +62,8 @@ def with_selection_sets(
         labels = torch.tensor([relabel[int(label)] for label in kept.labels], dtype=torch.long)
         return replace(kept, labels=labels)
 
-    return replace(ctx, full_val=encoded(splits.val), test_for_selection=encoded(splits.test))
+    full_val = None if splits.val_is_train else encoded(splits.val)
+    return replace(ctx, full_val=full_val, test_for_selection=encoded(splits.test))
 
 
 def mark_provenance(provenance: dict[str, Any], method_cls: type[Adapter], config: AdapterConfig) -> None:

@@ -221,6 +221,62 @@ def test_only_the_original_protocol_hands_test_data(monkeypatch, feature_cache, 
     assert row["Method"].startswith("tip-adapter-f[") and row["toy-colors"].endswith("‡")
 
 
+def _test_set(ctx, seed: int = 9) -> FeatureSet:
+    """A random stand-in for the test split of the training classes (raw features)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(60) % len(CLASSES)
+    features = ctx.val.features[torch.randint(0, len(ctx.val), (60,), generator=g)]
+    return FeatureSet(features + 0.3 * torch.randn(features.shape, generator=g), labels, ("t",) * 60)
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * float((logits.argmax(dim=1) == labels).float().mean())
+
+
+def test_original_protocol_searches_on_test_without_a_val_split(backbone, colors):
+    """ImageNet's case (no val split of its own, so ``full_val`` is None): the search runs on
+    the test split, as main_imagenet.py does; with a full val split, on that split."""
+    test = _test_set(colors)
+    config = TipAdapterConfig(protocol="original", search_step=(30, 8))
+    on_test = fit(TipAdapter, config, dataclasses.replace(colors, test_for_selection=test))
+    weights = text_weights(backbone, colors.template, colors.classnames)
+    f = F.normalize(test.features, dim=-1)
+    scale, steps = config.search_scale, config.search_step
+    want, _ = naive_search(f, test.labels, weights, on_test.keys, on_test.values, scale, steps)
+    assert (on_test.beta, on_test.alpha) == pytest.approx(want)
+    full_val = _test_set(colors, seed=4)
+    on_val = fit(TipAdapter, config, dataclasses.replace(colors, test_for_selection=test, full_val=full_val))
+    f = F.normalize(full_val.features, dim=-1)
+    want, _ = naive_search(f, full_val.labels, weights, on_val.keys, on_val.values, scale, steps)
+    assert (on_val.beta, on_val.alpha) == pytest.approx(want)
+    with pytest.raises(FewshotError, match="reads_test"):
+        fit(TipAdapter, config, colors)  # no test data handed over
+
+
+def test_original_tip_f_reports_the_max_of_best_epoch_and_searched(backbone, colors):
+    """The kept keys are the best-test epoch's; predict uses whichever of (init β, α) and the
+    searched pair scores higher on test, as the released code prints the max of both."""
+    test = _test_set(colors)
+    ctx = dataclasses.replace(colors, test_for_selection=test, full_val=_test_set(colors, seed=4))
+    config = TipAdapterFConfig(protocol="original", epochs=4, search_step=(30, 8), lr=0.01)
+    adapter = fit(TipAdapterF, config, ctx)
+    chosen = adapter.selected()
+    assert 0 <= chosen["epoch"] < 4 and chosen["kept"] in ("initial", "searched")
+    best_epoch = _accuracy(adapter.logits(test.features, config.init_beta, config.init_alpha), test.labels)
+    final = _accuracy(adapter.predict(dataclasses.replace(_query(ctx), features=test.features)), test.labels)
+    weights = text_weights(backbone, ctx.template, ctx.classnames)
+    f = F.normalize(ctx.full_val.features, dim=-1)
+    keys, values = adapter.keys, adapter.values
+    (beta, alpha), _ = naive_search(f, ctx.full_val.labels, weights, keys, values, (7.0, 3.0), (30, 8))
+    searched = _accuracy(adapter.logits(test.features, beta, alpha), test.labels)
+    assert final == pytest.approx(max(best_epoch, searched))
+    if chosen["kept"] == "initial":
+        assert best_epoch > searched
+        assert (chosen["beta"], chosen["alpha"]) == (config.init_beta, config.init_alpha)
+    else:
+        assert (chosen["beta"], chosen["alpha"]) == pytest.approx((beta, alpha))
+
+
 def test_toy_colors_16_shots_beats_zero_shot(tmp_path: Path, feature_cache):
     """Measured (seed 1): zero-shot 40.83, Tip-Adapter 61.11, Tip-Adapter-F 65.56. Asserted
     with margin: Tip-Adapter at least 10 points above zero-shot, Tip-F not below Tip-Adapter."""

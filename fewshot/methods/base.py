@@ -87,8 +87,9 @@ class FitContext:
     synonyms: DescriptionSet | None = None
     progress: Callable[[int, str], Iterator[int]] | None = None
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
-    # Only for Adapter.reads_test(config) (else None): the whole val split and the test split,
-    # restricted to the training classes and relabelled (raw features, test transform).
+    # Only for Adapter.reads_test(config) (else None): the whole val split (None where the
+    # dataset has no val split of its own, e.g. ImageNet) and the test split, restricted to
+    # the training classes and relabelled (raw features, test transform).
     full_val: FeatureSet | None = None
     test_for_selection: FeatureSet | None = None
 

@@ -32,10 +32,11 @@ Tip-Adapter-F (the keys fine-tuned) is :mod:`fewshot.methods.tip_adapter_f`.
   never on test.
 
 ``protocol="original"`` reproduces the released protocol: the search runs on the dataset's
-full val split (``ctx.full_val``), and on ImageNet, where main_imagenet.py has no val set, on
-the test split (``ctx.test_for_selection``). Only this setting makes the runner hand the
-method test data (:meth:`TipAdapter.reads_test`), and its records carry
-``selected_on_test`` (the leaderboard marks them ‡) whether or not the dataset is ImageNet.
+full val split (``ctx.full_val``), and on a dataset without a val split of its own (ImageNet,
+where main_imagenet.py searches on test) on the test split (``ctx.test_for_selection``).
+Only this setting makes the runner hand the method test data (:meth:`TipAdapter.reads_test`),
+and its records carry ``selected_on_test`` (the leaderboard marks them ‡) whether or not the
+dataset is ImageNet.
 
 Deviations from the official code:
 - Augmentation: cached views (and online passes) use the harness's train transform, a
@@ -261,10 +262,11 @@ def tip_preset(dataset: str) -> tuple[float, float, float, int] | None:
 
 def selection_set(ctx: FitContext, config: TipAdapterConfig) -> FeatureSet:
     """Where (β, α) are searched: the few-shot val set, or (``protocol="original"``) the full
-    val split, which for ImageNet is the test split as in main_imagenet.py."""
+    val split, and the test split for a dataset without a val split of its own (ImageNet, as
+    main_imagenet.py, which searches on test)."""
     if config.protocol != "original":
         return ctx.val
-    chosen = ctx.test_for_selection if ctx.dataset == "imagenet" else ctx.full_val
+    chosen = ctx.full_val if ctx.full_val is not None else ctx.test_for_selection
     if chosen is None:
         raise FewshotError(
             "tip-adapter protocol=original needs the full val split and the test split in the "
