@@ -83,13 +83,15 @@ PROVENANCE_KEYS = (
     "method_version",
     "code_digest",  # fewshot.codeid: the method's code, comments and docstrings excluded
     # True when the run chose anything (epoch, hyper-parameter) by its test accuracy; absent
-    # means False. No built-in method sets it: it is for plugins and imported records, and
-    # the leaderboard marks such results ‡.
+    # means False. Set by the runner for a method config whose reads_test is true
+    # (fewshot.test_access, e.g. tip-adapter protocol=original), by plugins and imported
+    # records; the leaderboard marks such results ‡.
     "selected_on_test",
     # Description sets (fewshot.descriptions) of a method that reads them: kind -> {name, kind,
     # hash}, for the fitted dataset and (a cross-dataset record) the target's own.
     "knowledge",
     "target_knowledge",
+    "selected",  # hyper-parameters the method chose while fitting (Adapter.selected())
     "executor",  # where the run ran: local, ray or slurm (fewshot.executors)
     "log",  # a Slurm job's log file (its stdout and stderr)
 )

@@ -14,7 +14,10 @@ A run reads top to bottom in :func:`run_fit`, one step per function:
 Sweeps of many runs, with records on disk, are :mod:`fewshot.sweeps`.
 
 The adapter never sees the test split: the FitContext is built from the support and val
-subsets only, and test features are passed to ``predict`` by this module.
+subsets only, and test features are passed to ``predict`` by this module. The one exception
+is a method config that reproduces a released protocol selecting on test
+(``Adapter.reads_test``): :mod:`fewshot.test_access` adds the full val and test splits, and
+its records carry ``selected_on_test``.
 """
 
 from __future__ import annotations
@@ -167,6 +170,7 @@ def prepare(
     autocast = autocast_for(spec.precision, backbone.device)
     ctx = _fit_context(spec, task, dataset, splits, backbone, cache, progress, autocast)
     ctx.descriptions, ctx.synonyms = knowledge.get("descriptions"), knowledge.get("synonyms")
+    ctx = _with_test_access(spec, config, ctx, task, dataset, splits, backbone, cache)
     return Prepared(
         spec,
         config,
@@ -246,6 +250,27 @@ def _fit_context(
     )
 
 
+def _with_test_access(
+    spec: RunSpec,
+    config: AdapterConfig,
+    ctx: FitContext,
+    task: FewShotTask,
+    dataset: Dataset,
+    splits: Splits,
+    backbone: Backbone,
+    cache: FeatureCache,
+) -> FitContext:
+    """The full val and test splits, only for a method config that reproduces a protocol
+    selecting on them (``Adapter.reads_test``, fewshot.test_access); else ``ctx`` as it is."""
+    from fewshot.methods import METHODS
+    from fewshot.test_access import reads_test, with_selection_sets
+
+    if not reads_test(METHODS.get(spec.method), config):
+        return ctx
+    workers = loader_workers(backbone.device)
+    return with_selection_sets(ctx, task, dataset, splits, backbone, cache, spec.precision, workers)
+
+
 def _lazy_views(
     spec: RunSpec,
     dataset: Dataset,
@@ -320,6 +345,7 @@ class Fitted:
 def fit(prepared: Prepared) -> Fitted:
     """Build the adapter with the resolved config and fit it under the run's precision."""
     from fewshot.methods import METHODS
+    from fewshot.test_access import mark_provenance
 
     spec, ctx, cache = prepared.spec, prepared.ctx, prepared.cache
     method_cls = METHODS.get(spec.method)
@@ -345,6 +371,8 @@ def fit(prepared: Prepared) -> Fitted:
     provenance["code_digest"] = code_digest(method_cls)
     if prepared.knowledge:
         provenance["knowledge"] = knowledge_record(prepared.knowledge)
+    provenance["selected"] = adapter.selected()  # hyper-parameters chosen while fitting
+    mark_provenance(provenance, method_cls, prepared.config)
     return Fitted(prepared, adapter, fit_end, costs, _extra_costs(adapter), provenance)
 
 

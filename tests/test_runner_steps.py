@@ -27,7 +27,10 @@ def test_prepare_resolves_the_config_and_holds_no_test_data(feature_cache: Featu
     support = {prepared.splits.train.items[i].path for i in prepared.task.train_ids}
     test = {item.path for item in prepared.splits.test.items}
     assert set(ctx.train.ids) == support and not set(ctx.train.ids) & test and not set(ctx.val.ids) & test
-    assert not any("test" in field.name for field in dataclasses.fields(ctx))
+    # Only a config whose reads_test is true (fewshot.test_access) gets test data; others None.
+    withheld = [f.name for f in dataclasses.fields(ctx) if "test" in f.name or f.name == "full_val"]
+    assert withheld == ["full_val", "test_for_selection"]
+    assert all(getattr(ctx, name) is None for name in withheld)
     assert len(ctx.classnames) == len(set(prepared.splits.train.labels))
 
 

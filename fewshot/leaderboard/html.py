@@ -233,7 +233,8 @@ that fewshot generated because the official split file was absent: not comparabl
 numbers.</li>
 <li><span class="mark">{SELECTED_ON_TEST}</span>: a run of the cell (or of what it averages) chose
 something (an epoch, a hyper-parameter) by its test accuracy (<code>selected_on_test</code> in the
-record's provenance; no built-in method does).</li>
+record's provenance; built-in methods only under a released protocol kept for reproduction,
+e.g. Tip-Adapter's <code>protocol=original</code>).</li>
 <li>{NA}: the method cannot classify that label space (it is never counted as 0). {MISSING}: no
 result. ⚠ <em>k</em> versions: runs of different dataset, split, method or code versions, never
 averaged together (see Conflicts).</li>

@@ -65,7 +65,8 @@ _CONVENTIONS = """\
   record): not comparable with published numbers.
 - `‡`: at least one run of the cell (or of the datasets averaged) chose something (an epoch, a
   hyper-parameter) by its test accuracy (`selected_on_test` true in the record's provenance;
-  no built-in method does): not comparable with results selected on validation data.
+  built-in methods only under a released protocol kept for reproduction, e.g. Tip-Adapter's
+  `protocol=original`): not comparable with results selected on validation data.
 - Failed runs are listed below and never averaged. Runs whose dataset version, split hash,
   method version or method code (its digest) differ are never averaged together: such cells
   read `⚠ k versions`, block the averages that need them, and each version group is listed

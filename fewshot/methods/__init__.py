@@ -45,6 +45,8 @@ METHODS.register("kgcoop", "fewshot.methods.kgcoop:KgCoOp", needs="features", no
 METHODS.register("dclip", "fewshot.methods.dclip:DCLIP", needs="features", novel="yes")
 METHODS.register("cupl", "fewshot.methods.cupl:CuPL", needs="features", novel="yes")
 METHODS.register("proapo", "fewshot.methods.proapo:ProAPO", needs="features", novel="yes")
+METHODS.register("tip-adapter", "fewshot.methods.tip_adapter:TipAdapter", needs="features", novel="no")
+METHODS.register("tip-adapter-f", "fewshot.methods.tip_adapter_f:TipAdapterF", needs="features", novel="no")
 
 
 def get_method(name: str) -> type[Adapter]:

@@ -59,7 +59,10 @@ class ImageSource(Protocol):
 
 @dataclass
 class FitContext:
-    """Everything a method may use while fitting. There is no test split here.
+    """Everything a method may use while fitting. There is no test split here, except for
+    methods whose :meth:`Adapter.reads_test` is true for their config (a released protocol
+    that selects on test, kept for reproduction): only then does the runner fill
+    ``full_val`` and ``test_for_selection``, and mark the records ``selected_on_test``.
 
     Labels in every FeatureSet and loader are relabelled to ``classnames`` order (0..C-1).
     """
@@ -84,6 +87,11 @@ class FitContext:
     synonyms: DescriptionSet | None = None
     progress: Callable[[int, str], Iterator[int]] | None = None
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
+    # Only for Adapter.reads_test(config) (else None): the whole val split (None where the
+    # dataset has no val split of its own, e.g. ImageNet) and the test split, restricted to
+    # the training classes and relabelled (raw features, test transform).
+    full_val: FeatureSet | None = None
+    test_for_selection: FeatureSet | None = None
 
     def epochs(self, n: int, description: str = "epochs") -> Iterator[int]:
         """``range(n)`` with a progress bar owned by the harness."""
@@ -158,6 +166,13 @@ class Adapter(abc.ABC):
         estimate of a sweep's work (``online``: augmentation without cached views). Default:
         nothing (a method without optimiser steps)."""
         return StepCost()
+
+    @classmethod
+    def reads_test(cls, config: AdapterConfig) -> bool:
+        """True when this config reproduces a protocol that selects on test data: the runner
+        then adds the full val split and the test split to the FitContext and sets
+        ``selected_on_test`` in the records. Default: never."""
+        return False
 
     def selected(self) -> dict[str, Any]:
         """Hyper-parameters the method chose while fitting (on the few-shot val set, or on
