@@ -42,6 +42,7 @@ METHODS.register("maple", "fewshot.methods.maple:MaPLe", needs="images", novel="
 METHODS.register("promptsrc", "fewshot.methods.promptsrc:PromptSRC", needs="images", novel="yes")
 METHODS.register("cocoop", "fewshot.methods.cocoop:CoCoOp", needs="features", novel="yes")
 METHODS.register("kgcoop", "fewshot.methods.kgcoop:KgCoOp", needs="features", novel="yes")
+METHODS.register("sgva-clip", "fewshot.methods.sgva:SgVA", needs="features", novel="yes")
 
 
 def get_method(name: str) -> type[Adapter]:
