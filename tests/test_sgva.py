@@ -243,3 +243,61 @@ def test_16_shots_beats_zeroshot_on_toy_colors(tmp_path: Path, feature_cache) ->
     acc = {r.spec.method: r.metrics["all"] for r in results}
     assert acc["sgva-clip"] > acc["zeroshot"] + 20, acc
     assert statistics.fmean(acc.values()) <= 100
+
+
+class _Recorder:
+    """An optimiser stand-in that keeps the gradients of one step and changes nothing."""
+
+    def __init__(self, params):
+        self.params, self.grads = list(params), []
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        self.grads = [p.grad.clone() for p in self.params]
+
+
+def test_adapter_step_is_prototype_ce_plus_kd_through_the_projection(backbone, colors):
+    """One adapter step's gradients equal those of L_v + L_kd written out here: prototypes
+    over the episode's classes, the student s · (g · P) · Tᵀ not renormalised, τ = 5."""
+    sgva = fit(SgVAConfig(epochs=0), colors)
+    n, scale = len(colors.train), backbone.logit_scale
+    views = colors.train_views
+    support = (views.features[:n], views.labels[:n])
+    chosen = torch.tensor([2, 0])
+    keep = torch.isin(views.labels[n : 2 * n], chosen)
+    q_features, q_labels = views.features[n : 2 * n][keep], views.labels[n : 2 * n][keep]
+    text = sgva.text_features(colors.classnames)
+    teacher = scale * F.normalize(q_features, dim=-1) @ text.t()
+    recorder = _Recorder(sgva.adapter.parameters())
+    sgva._adapter_step(colors, support, chosen, text, teacher, q_features, q_labels, recorder)
+
+    proj = backbone.model.visual.proj.detach()
+    w1, w2 = (
+        sgva.adapter.linear1.weight.detach().clone().requires_grad_(),
+        sgva.adapter.linear2.weight.detach().clone().requires_grad_(),
+    )
+    alpha = sgva.adapter.alpha.detach().clone().requires_grad_()
+
+    def adapt(f):
+        x = f @ torch.linalg.pinv(proj)
+        mixed = torch.relu(alpha * (torch.relu(x @ w1.t()) @ w2.t()) + (1 - alpha) * x)
+        return mixed / mixed.norm(dim=-1, keepdim=True)
+
+    s_keep = torch.isin(support[1], chosen)
+    g_support, g_query = adapt(support[0][s_keep]), adapt(q_features)
+    s_labels = support[1][s_keep]
+    protos = torch.stack([g_support[s_labels == c].mean(0) for c in chosen.tolist()])
+    local = torch.tensor([chosen.tolist().index(c) for c in q_labels.tolist()])
+    loss_v = F.cross_entropy(scale * g_query @ protos.t(), local)
+    student = scale * (g_query @ proj) @ text.t()
+    target = torch.softmax(teacher / 5, dim=-1)
+    loss_kd = -(target * torch.log_softmax(student / 5, dim=-1)).sum(-1).mean()
+    (loss_v + loss_kd).backward()
+    names = [name for name, _ in sgva.adapter.named_parameters()]
+    expected = {"linear1.weight": w1.grad, "linear2.weight": w2.grad, "alpha": alpha.grad}
+    for name, got in zip(names, recorder.grads, strict=True):
+        assert torch.allclose(got, expected[name], atol=1e-5, rtol=1e-3), name
+    assert alpha.grad.abs().item() > 0
