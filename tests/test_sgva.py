@@ -165,6 +165,14 @@ def test_two_fits_with_the_same_seed_agree_and_another_seed_differs(colors):
     assert not torch.equal(a.adapter.linear2.weight, c.adapter.linear2.weight)
 
 
+def test_online_augmentation_trains_from_two_fresh_passes(backbone):
+    online = make_fit_context(backbone, "toy-colors", classes=(0, 1), shots=2, aug_views=0)
+    adapter = fit(SgVAConfig(epochs=2, adapter_lr=0.05, prompt_lr=0.05), online)
+    assert adapter.predict(make_query_batch(backbone, "toy-colors", classes=(0, 1))).shape == (4, 2)
+    width = backbone.model.visual.proj.shape[0]
+    assert adapter.trainable_parameters() == adapter.learner.ctx.numel() + 2 * 2 * width * width + 1 + 1
+
+
 def test_prediction_fuses_prototypes_from_the_unaugmented_shots(backbone, colors):
     adapter = fit(SgVAConfig(epochs=3, train_way=2, adapter_lr=0.01, prompt_lr=0.05), colors)
     lam = adapter.selected()["lambda"]

@@ -252,11 +252,11 @@ class SgVA(Adapter):
         return {"lambda": round(self.fusion, 6)}
 
     def trainable_parameters(self) -> int:
-        """Context M·W, adapter 2·d·2d + α, and λ."""
+        """Context M·W, adapter 2·d·2d + α, and λ when it is learned."""
         total = 0 if self.learner is None else self.learner.ctx.numel()
         if self.adapter is not None:
             total += sum(p.numel() for p in self.adapter.parameters())
-        return total + 1
+        return total + (1 if self.config.fusion is None else 0)
 
     # ------------------------------------------------------------------------------------
     # Fitting
