@@ -49,9 +49,11 @@ Ambiguities and the choices made:
 - (c) The official λ is learned on the full val split. Choice: the few-shot val set
   (``ctx.val``, min(K, 4) per class), as every fewshot method selects.
 - (d) Published numbers were not retrieved here; no reproduction is claimed.
-- The README's recipe weights the three losses 1 : 1 : 1 in the released main.py; a
-  ``--lam2 0.1`` flag mentioned for an unreleased main_5.py is not in the repository
-  (caa63d54 README calls main.py); ``kd_weight`` (default 1) exposes it.
+- Loss weights: the released main.py weights the three losses 1 : 1 : 1, and the README at
+  caa63d54 runs main.py, which is ``main_5-Copy1.py`` renamed (commit 0c9433a). README
+  versions 46de893..9d23a0f ran ``main_5.py`` with ``--lam2 0.1``, a flag no version of
+  the code has (``git log -S lam2`` finds only README edits); ``kd_weight`` (default 1)
+  can weight the KD term.
 
 Learning rates (``SgVAConfig.preset``): adapter / prompt lr per shot count and dataset as
 hard-coded in main.py ``meta_train`` (table in docs/methods.md#sgva-clip); a shot count
