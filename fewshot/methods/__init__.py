@@ -47,6 +47,7 @@ METHODS.register("cupl", "fewshot.methods.cupl:CuPL", needs="features", novel="y
 METHODS.register("proapo", "fewshot.methods.proapo:ProAPO", needs="features", novel="yes")
 METHODS.register("tip-adapter", "fewshot.methods.tip_adapter:TipAdapter", needs="features", novel="no")
 METHODS.register("tip-adapter-f", "fewshot.methods.tip_adapter_f:TipAdapterF", needs="features", novel="no")
+METHODS.register("sgva-clip", "fewshot.methods.sgva:SgVA", needs="features", novel="yes")
 
 
 def get_method(name: str) -> type[Adapter]:
