@@ -42,6 +42,9 @@ METHODS.register("maple", "fewshot.methods.maple:MaPLe", needs="images", novel="
 METHODS.register("promptsrc", "fewshot.methods.promptsrc:PromptSRC", needs="images", novel="yes")
 METHODS.register("cocoop", "fewshot.methods.cocoop:CoCoOp", needs="features", novel="yes")
 METHODS.register("kgcoop", "fewshot.methods.kgcoop:KgCoOp", needs="features", novel="yes")
+METHODS.register("clip-adapter", "fewshot.methods.clip_adapter:ClipAdapter", needs="features", novel="yes")
+METHODS.register("clap", "fewshot.methods.clap:Clap", needs="features", novel="no")
+METHODS.register("lp++", "fewshot.methods.lp_plus_plus:LPPlusPlus", needs="features", novel="no")
 
 
 def get_method(name: str) -> type[Adapter]:
