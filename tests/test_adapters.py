@@ -175,18 +175,21 @@ def test_clap_imagenet_anchors_average_unnormalised_features(backbone, colors):
 # LP++
 
 
-def lpp_support(backbone, context):
-    """View 0 of the cached views, L2-normalised, and the single-template text weights."""
+def lpp_support(backbone, context, augmented=False):
+    """Support features (clean, or view 0 of the cached views), L2-normalised, their labels,
+    and the normalised single-template text weights."""
     n = len(context.train)
-    f = context.train_views.features[:n].float()
+    source = context.train_views if augmented else context.train
+    f = source.features[:n].float()
     f = f / f.norm(dim=-1, keepdim=True)
     text = backbone.encode_texts([context.template.format(c) for c in context.classnames], normalize=False)
-    return f, context.train_views.labels[:n], text.float() / text.float().norm(dim=-1, keepdim=True)
+    return f, source.labels[:n], text.float() / text.float().norm(dim=-1, keepdim=True)
 
 
-def test_lpp_at_initialisation_is_centroids_plus_weighted_text_logits(backbone, colors, query):
-    adapter = fit(LPPlusPlus, LPPlusPlusConfig(epochs=0), colors)
-    f, y, text = lpp_support(backbone, colors)
+@pytest.mark.parametrize("augmented", [False, True])
+def test_lpp_at_initialisation_is_centroids_plus_weighted_text_logits(backbone, colors, query, augmented):
+    adapter = fit(LPPlusPlus, LPPlusPlusConfig(epochs=0, augmented=augmented), colors)
+    f, y, text = lpp_support(backbone, colors, augmented)
     sums = torch.stack([f[y == c].sum(0) for c in range(len(CLASSES))])  # per-class sums, no mean
     own = [statistics.mean((f[i] @ text[c]).item() for i in range(len(y)) if y[i] == c) for c in range(4)]
     alpha0 = 250.0 * statistics.mean(own)

@@ -35,9 +35,11 @@ Presets (``LPPlusPlusConfig.preset``): ImageNet uses the 7 select templates
 
 Deviations from the official code:
 - Support features: the official code encodes one augmented pass (RandomResizedCrop scale
-  0.5-1, flip). Here view 0 of the harness's cached views is used (Dassl's crop, scale
-  0.08-1, and flip); with online augmentation one augmented pass is encoded at fit start;
-  ``augmented=false`` uses the test-transform features.
+  0.5-1, flip). The harness caches only Dassl's much stronger crop (scale 0.08-1), so by
+  default the support features are the test-transform ones (``augmented=false``);
+  ``augmented=true`` uses view 0 of the cached views (or one pass encoded at fit start with
+  online augmentation). Measured on the toy world (16 shots, seeds 1-3): clean features
+  78.7 / 58.6 on toy-colors / toy-objects, view 0 66.9 / 46.7.
 - The val set is the harness's few-shot val set, min(K, 4) per class; the official code
   draws K val images per class.
 - fp32 (the official classifier and α are fp16).
@@ -72,7 +74,7 @@ class LPPlusPlusConfig(AdapterConfig):
     alpha_scale: float = 250.0  # α init = alpha_scale · mean_c ã_c
     momentum: float = 0.9
     accumulate_alpha_grad: bool = True  # the official loop never zeroes α's gradient
-    augmented: bool = True  # train on one augmented view (official) instead of clean features
+    augmented: bool = False  # True: one cached augmented view (see the deviations) instead of clean features
     templates: tuple[str, ...] = ()  # () = the dataset's single template
 
     def __post_init__(self) -> None:
@@ -142,7 +144,7 @@ class LPPlusPlus(Adapter):
         self.best_epoch = 0  # epochs trained by the kept model (0 = initialisation)
 
     def support(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised support features (one augmented view, or clean) and their labels."""
+        """Normalised support features (clean, or one augmented view) and their labels."""
         if not self.config.augmented:
             source = ctx.train
         elif ctx.train_views is not None:
