@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot.methods.clap import IMAGENET_SELECT_TEMPLATES, Clap, ClapConfig, clap_loss
+from fewshot.methods.clap import IMAGENET_SELECT_TEMPLATES, Clap, ClapConfig, clap_loss, online_views
 from fewshot.methods.clip_adapter import ClipAdapter, ClipAdapterConfig
 from fewshot.methods.lp_plus_plus import LPPlusPlus, LPPlusPlusConfig, lr_alpha, lr_weights
 from fewshot.sweeps import sweep
@@ -156,6 +156,15 @@ def test_clap_loss_is_cross_entropy_plus_class_weighted_squared_distance():
         lam[c].item() * sum((w[c, k] - t[c, k]).item() ** 2 for k in range(5)) for c in range(3)
     )
     assert clap_loss(logits, labels, w, t, lam).item() == pytest.approx(ce + penalty, rel=1e-5)
+
+
+def test_clap_pool_without_cached_views_is_encoded_passes_of_the_support_set(backbone, colors):
+    online = dataclasses.replace(colors, train_views=None)
+    pool = online_views(online, 3)  # CLAP encodes 20 such passes when the harness caches none
+    assert len(pool) == 3 * len(colors.train)
+    assert torch.equal(pool.labels, colors.train.labels.repeat(3))
+    adapter = fit(Clap, ClapConfig(epochs=1), online)
+    assert adapter.strengths.shape == (len(CLASSES),) and bool((adapter.strengths > 0).all())
 
 
 def test_clap_imagenet_anchors_average_unnormalised_features(backbone, colors):
