@@ -41,7 +41,8 @@ Deviations from the official code:
   online augmentation). Measured on the toy world (16 shots, seeds 1-3): clean features
   78.7 / 58.6 on toy-colors / toy-objects, view 0 66.9 / 46.7.
 - The val set is the harness's few-shot val set, min(K, 4) per class; the official code
-  draws K val images per class.
+  draws K val images per class. The official ``main.py`` averages 10 tasks (``tasks: 10``,
+  seeds 1-10 of its own sampler); the harness's support sets and seeds are used here.
 - fp32 (the official classifier and α are fp16).
 - Per-class weights: novel class names cannot be classified (``supports_novel = False``).
 """
