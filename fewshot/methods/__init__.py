@@ -48,6 +48,9 @@ METHODS.register("proapo", "fewshot.methods.proapo:ProAPO", needs="features", no
 METHODS.register("tip-adapter", "fewshot.methods.tip_adapter:TipAdapter", needs="features", novel="no")
 METHODS.register("tip-adapter-f", "fewshot.methods.tip_adapter_f:TipAdapterF", needs="features", novel="no")
 METHODS.register("sgva-clip", "fewshot.methods.sgva:SgVA", needs="features", novel="yes")
+METHODS.register("clip-adapter", "fewshot.methods.clip_adapter:ClipAdapter", needs="features", novel="yes")
+METHODS.register("clap", "fewshot.methods.clap:Clap", needs="features", novel="no")
+METHODS.register("lp++", "fewshot.methods.lp_plus_plus:LPPlusPlus", needs="features", novel="no")
 
 
 def get_method(name: str) -> type[Adapter]:
