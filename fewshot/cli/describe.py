@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -65,6 +64,9 @@ def describe_command(
         float,
         opt("--backoff", min=0.0, help="First retry wait in seconds; doubles each time.", show_default=True),
     ] = 1.0,
+    force: Annotated[
+        bool, opt("--force", help="Replace an existing set of that name whose sentences differ.")
+    ] = False,
     data_root: DataRootOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
@@ -72,6 +74,7 @@ def describe_command(
     import dataclasses
 
     from fewshot.datasets import get_dataset
+    from fewshot.descriptions.files import check_name, save_description_set
     from fewshot.descriptions.generate import (
         AnswerCache,
         Endpoint,
@@ -80,7 +83,6 @@ def describe_command(
         nearest_classes,
     )
     from fewshot.descriptions.prompts import get_style
-    from fewshot.descriptions.writer import check_set_name, write_set
     from fewshot.features import default_cache_root
 
     if data_root is None:
@@ -96,7 +98,7 @@ def describe_command(
     chosen = get_style(style)
     if chosen.neighbours:
         chosen = dataclasses.replace(chosen, neighbours=neighbours)
-    set_name = check_set_name(name or _default_name(chosen.name, model))
+    set_name = check_name(name or _default_name(chosen.name, model))
     endpoint = Endpoint(base_url, model, key)
     classnames = list(get_dataset(dataset, data_root).spec().classnames)
     near = nearest_classes(classnames, backbone, chosen.neighbours) if chosen.neighbours else None
@@ -116,7 +118,7 @@ def describe_command(
         console=err_console,
         extra_provenance=extra,
     )
-    path = write_set(Path(data_root), dataset, dset)
+    path = save_description_set(dset, dataset, data_root, overwrite=force)
     total = sum(len(s) for s in dset.classes.values())
     console.print(
         f"Wrote {path}: {total} sentences for {len(classnames)} classes ({sent} requests sent, "

@@ -14,9 +14,9 @@ raw.githubusercontent.com, through the verified downloader (:func:`fewshot.datas
   (sets ``cupl-base-original``, ``cupl-full-original``), 11 datasets.
 
 Each file maps a class name to a list of strings. It is stored as a native set
-(:mod:`fewshot.descriptions.writer`) with provenance ``{source, repository, commit, path,
-sha256, licence: "none stated"}``. Class names are matched to the dataset's when the dataset
-is installed (equal after lower-casing, ``_`` read as a space and spaces collapsed); otherwise
+(:func:`fewshot.descriptions.save_description_set`) with provenance ``{source, repository,
+commit, repository_path, sha256, licence: "none stated"}``. Class names are matched to the
+dataset's when the dataset is installed (as the loader compares them); otherwise
 (and for names that match none) the file's name is kept with ``_`` read as a space, CoOp's
 cleaning rule. Provenance records the renames and what did not match. Sentences are stripped of
 surrounding spaces (ProAPO's DCLIP files end many with one).
@@ -30,7 +30,6 @@ are downloaded by the user from the authors' repositories and never shipped with
 from __future__ import annotations
 
 import json
-import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -253,18 +252,18 @@ def read_published(data: bytes, where: str) -> dict[str, list[str]]:
     return document
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"\s+", " ", name.replace("_", " ")).strip().lower()
-
-
-def match_classes(
+def rename_classes(
     file_names: Sequence[str], dataset_names: Sequence[str] | None
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """{file name: stored name} and a report of the matching (for provenance).
 
-    With the dataset's names, a file name equal to one after :func:`_norm` takes it; others
-    (and all, without the dataset) become the file name with ``_`` read as a space.
+    With the dataset's names, a file name that matches one as the loader compares them
+    (:func:`~fewshot.descriptions.files.normalized_name`) takes it; others (and all, without
+    the dataset) become the file name with ``_`` read as a space. The loader checks the
+    stored names strictly when a method reads the set.
     """
+    from fewshot.descriptions.files import normalized_name as _norm
+
     by_norm = {_norm(n): n for n in dataset_names or ()}
     mapping = {n: by_norm.get(_norm(n), n.replace("_", " ")) for n in file_names}
     report: dict[str, Any] = {"renamed": {n: s for n, s in mapping.items() if n != s}}
@@ -280,7 +279,7 @@ def to_set(
 ) -> tuple[DescriptionSet, dict[str, Any]]:
     """The native set for a downloaded (and verified) file, and the class-matching report."""
     content = read_published(data, url)
-    mapping, report = match_classes(list(content), dataset_names)
+    mapping, report = rename_classes(list(content), dataset_names)
     classes: dict[str, tuple[str, ...]] = {}
     for original, sentences in content.items():
         stored = mapping[original]
@@ -290,7 +289,7 @@ def to_set(
         "source": url,
         "repository": file.repository,
         "commit": file.commit,
-        "path": file.path,
+        "repository_path": file.path,
         "sha256": file.sha256,
         "licence": LICENCE,
         "class_names": report,
@@ -365,7 +364,7 @@ def download_descriptions(
     ``root/.downloads`` and is removed once the set is written.
     """
     from fewshot.datasets.download import DOWNLOADS_DIR, Source, fetch, resolve_mirror
-    from fewshot.descriptions.writer import set_path, write_set
+    from fewshot.descriptions.files import save_description_set, set_path
 
     base = _base_url(resolve_mirror(MIRROR_KEY, {MIRROR_KEY: mirror} if mirror else None))
     outcomes = []
@@ -383,7 +382,7 @@ def download_descriptions(
                 source, root / DOWNLOADS_DIR, url=url, console=console, attempts=attempts, key=MIRROR_KEY
             )
             dset, report = to_set(file, path.read_bytes(), file.url(), _dataset_names(file.dataset, root))
-            write_set(root, file.dataset, dset)
+            save_description_set(dset, file.dataset, root, overwrite=True)
             path.unlink(missing_ok=True)
         except FewshotError as exc:
             outcomes.append(FileOutcome(file, "failed", str(exc)))

@@ -189,7 +189,7 @@ class ProAPOConfig(AdapterConfig):
         """The dataset's YAML values, its type words and sets (toy: option.py's defaults)."""
         values: dict[str, Any] = {
             "descriptions": set_preset(dataset, "cupl-full"),
-            "synonyms": "toy" if dataset.startswith("toy") else "",
+            "synonyms": set_preset(dataset, "synonyms-gpt4-turbo"),  # the run scripts' gpt-4-turbo file
             "type_words": TYPE_WORDS.get(dataset, ""),
         }
         yaml = _YAML.get(dataset, {})
