@@ -42,6 +42,9 @@ class StepCost:
     prompt_repeats: int = 1  # times they run per step (CoCoOp: once per image of the batch)
     images: int = 0  # images through the image encoder per step
     reads_views: bool = False  # trains on cached augmented views of the support set
+    # Steps per epoch when they do not follow from the support size and ``batch_size``
+    # (SgVA-CLIP's episodes: C // train_way per epoch); None = from the support set.
+    steps_per_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def fit_work(fit: PlannedFit, data_root: Path | None) -> Work | None:
     classnames = [dspec.classnames[label] for label in classes]
     online = spec.aug_views == 0
     cost = METHODS.get(spec.method).step_cost(fit.config, classnames, online)
-    steps = _steps(fit.config, support)
+    steps = _steps(fit.config, support, cost.steps_per_epoch)
     views = spec.aug_views * support if cost.reads_views and not online else 0
     positions = cost.prompt_repeats * sum(tokens_per_prompt(cost.prompts)) if cost.prompts else 0
     return Work(support, val, views, len(splits.test), steps * cost.images, steps, positions)
@@ -95,9 +98,11 @@ def _subset_sizes(splits: Splits, shots: int, protocol: str) -> tuple[int, int, 
     return support, val_count, labels
 
 
-def _steps(config: object, support: int) -> int:
+def _steps(config: object, support: int, per_epoch_given: int | None = None) -> int:
     """Optimiser steps of an SGD-trained config (epochs × batches per epoch), else 0."""
     epochs, batch = getattr(config, "epochs", 0), getattr(config, "batch_size", 0)
+    if per_epoch_given is not None:
+        return int(epochs) * per_epoch_given
     if not epochs or not batch or not support:
         return 0
     per_epoch = support // batch if support >= batch else 1

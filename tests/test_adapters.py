@@ -222,8 +222,14 @@ def test_lpp_alpha_moves_only_every_ten_epochs(colors):
     init = fit(LPPlusPlus, LPPlusPlusConfig(epochs=0), colors).state.alpha
     nine = fit(LPPlusPlus, LPPlusPlusConfig(epochs=9), colors)
     assert torch.equal(nine.state.alpha, init)  # whichever of epochs 0-9 val picked
-    forty = fit(LPPlusPlus, LPPlusPlusConfig(epochs=40), colors)
-    assert 0 <= forty.selected()["epoch"] <= 40
+    # A val set no epoch scores on keeps the last epoch (the official ">="), so the kept
+    # state is the trajectory's own: α has not moved after 9 epochs and has after 10.
+    blind = dataclasses.replace(colors, val=dataclasses.replace(colors.val, labels=colors.val.labels * 0 - 1))
+    nine, ten = (fit(LPPlusPlus, LPPlusPlusConfig(epochs=n), blind) for n in (9, 10))
+    assert (nine.selected()["epoch"], ten.selected()["epoch"]) == (9, 10)
+    assert torch.equal(nine.state.alpha, init) and not torch.equal(ten.state.alpha, init)
+    frozen = fit(LPPlusPlus, LPPlusPlusConfig(epochs=10, alpha_every=11), blind)
+    assert torch.equal(frozen.state.alpha, init)
     assert LPPlusPlusConfig.build("fewshot", 16, dataset="imagenet").templates == IMAGENET_SELECT_TEMPLATES
 
 

@@ -438,3 +438,17 @@ def test_contract_checks_knowledge_declarations(know: str) -> None:
     broken = type("Broken", (cls,), {"config_cls": NoField})
     with pytest.raises(AssertionError, match="config field of the same name"):
         check_adapter(broken)
+
+
+def test_an_empty_set_name_reads_none_and_dclips_baseline_reads_no_set() -> None:
+    """ "" means none of that kind for every kind, and DCLIP's class-name baseline loads,
+    records and checks no set (a set it never reads cannot make its records stale)."""
+    from fewshot.descriptions.wiring import knowledge_names
+    from fewshot.methods.cupl import CuPL, CuPLConfig
+    from fewshot.methods.dclip import DCLIP, DCLIPConfig
+    from fewshot.methods.proapo import ProAPO, ProAPOConfig
+
+    assert knowledge_names(CuPL, CuPLConfig(descriptions="")) == {}
+    assert knowledge_names(ProAPO, ProAPOConfig(descriptions="", synonyms="toy")) == {"synonyms": "toy"}
+    assert knowledge_names(DCLIP, DCLIPConfig(descriptions="dclip")) == {"descriptions": "dclip"}
+    assert knowledge_names(DCLIP, DCLIPConfig(descriptions="dclip", baseline=True)) == {}

@@ -204,6 +204,35 @@ def test_proapo_training_fitness_never_decreases(searched):
     assert searched.extra_costs()["prompts_encoded"] > 0
 
 
+def test_proapo_logged_fitness_is_that_of_the_chosen_prompts(ctx, searched):
+    """The last logged fitness is the fitness of what was chosen, recomputed here from the
+    chosen templates and items with the backbone and the paper's formula (option.py weights)."""
+    backbone, templates = ctx.backbone, searched.selected()["templates"]
+    embeddings = []
+    for name in ctx.classnames:
+        prompts = [
+            t.format(label) + (f" {description}" if description else "")
+            for label, description in searched.class_items[name]
+            for t in templates
+        ]
+        each = F.normalize(backbone.encode_texts(prompts, normalize=True).float(), dim=-1)
+        embeddings.append(F.normalize(each.mean(dim=0), dim=-1))
+    text = torch.stack(embeddings)
+    image = F.normalize(ctx.train.features.float(), dim=-1)
+    labels = ctx.train.labels
+    logits = backbone.logit_scale * image @ text.t()
+    order = logits.argsort(dim=1, descending=True)
+    acc1 = (order[:, 0] == labels).float().mean() * 100
+    acc5 = (order[:, :5] == labels[:, None]).any(dim=1).float().mean() * 100
+    sim = text @ text.t() - torch.eye(len(text))
+    r = torch.triu(sim).pow(2).sum().sqrt()
+    ce = F.cross_entropy(logits, labels)
+    expected = 0.1 * acc1 + 0.1 * acc5 + 0.05 * r - 10.0 * ce
+    assert searched.selected()["fitness_history"]["descriptions"][-1] == pytest.approx(
+        float(expected), abs=2e-3
+    )
+
+
 def test_proapo_is_deterministic_and_predicts_novel_classes(ctx, query, searched):
     again = ProAPO(FAST)
     ctx.generator = torch.Generator().manual_seed(ctx.seed)  # a run's fresh generator

@@ -146,3 +146,27 @@ def test_dry_run_counts_the_planned_work_of_each_run() -> None:
         f"{maple_steps:,} optimiser steps" in lines[1] and f"during training {4 * maple_steps:,}" in lines[1]
     )
     assert "Sweep:" in out.output
+
+
+def test_dry_run_counts_episodes_and_views_of_the_adapters() -> None:
+    """SgVA-CLIP's steps are episodes (100 epochs of C // min(50, C) = 1 episode on 12
+    classes), and the adapters that read cached views count their encoding."""
+    from collections import Counter
+
+    from typer.testing import CliRunner
+
+    from fewshot.cli import app
+    from fewshot.datasets import get_dataset
+
+    out = CliRunner().invoke(
+        app, ["run", "-m", "sgva-clip,clap,lp++", "-d", "toy-colors", "--seeds", "1", "--dry-run"]
+    )
+    assert out.exit_code == 0, out.output
+    lines = [line for line in out.output.splitlines() if line.strip().startswith("work per run")]
+    splits = get_dataset("toy-colors").splits()
+    support = sum(min(16, n) for n in Counter(splits.train.labels).values())
+    val_n = sum(min(4, n) for n in Counter(splits.val.labels).values())
+    with_views = support + val_n + 10 * support + len(splits.test)
+    assert "100 optimiser steps" in lines[0] and f"{with_views:,} images to encode" in lines[0]
+    assert f"{300 * max(1, support // 256):,} optimiser steps" in lines[1]
+    assert f"{with_views:,} images to encode" in lines[1]

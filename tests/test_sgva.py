@@ -18,6 +18,7 @@ from fewshot.methods._sgva import (
     prototypes,
     soft_cross_entropy,
 )
+from fewshot.methods.base import QueryBatch
 from fewshot.methods.sgva import SgVA, SgVAConfig, episodes, sgva_learning_rates
 from fewshot.prompting import text_tower
 from fewshot.sweeps import sweep
@@ -309,3 +310,14 @@ def test_adapter_step_is_prototype_ce_plus_kd_through_the_projection(backbone, c
     for name, got in zip(names, recorder.grads, strict=True):
         assert torch.allclose(got, expected[name], atol=1e-5, rtol=1e-3), name
     assert alpha.grad.abs().item() > 0
+
+
+def test_untrained_with_fusion_zero_is_zero_shot_with_the_init_prompt(backbone, colors):
+    """λ = 0 and no training: the fused classifier is its frozen branch, CLIP with the
+    prompt "a photo of a {class}." (computed here with the backbone alone)."""
+    adapter = fit(SgVAConfig(epochs=0, fusion=0.0), colors)
+    features = colors.val.features
+    query = QueryBatch(classnames=colors.classnames, template=colors.template, features=features)
+    text = backbone.encode_texts([f"a photo of a {name}." for name in colors.classnames], normalize=True)
+    expected = backbone.logit_scale * F.normalize(features.float(), dim=-1) @ text.float().t()
+    assert torch.allclose(adapter.predict(query), expected, atol=1e-4)

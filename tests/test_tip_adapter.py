@@ -260,6 +260,16 @@ def test_original_tip_f_reports_the_max_of_best_epoch_and_searched(backbone, col
     (beta, alpha), _ = naive_search(f, ctx.full_val.labels, weights, keys, values, (7.0, 3.0), (30, 8))
     searched = _accuracy(adapter.logits(test.features, beta, alpha), test.labels)
     assert final == pytest.approx(max(best_epoch, searched))
+    # The same training kept to its last epoch (no test scoring draws anything random): the
+    # best-test epoch scores at least as well on test as the last one.
+    last = fit(TipAdapterF, dataclasses.replace(config, protocol="fewshot-val", search=False), colors)
+    last_accuracy = _accuracy(last.logits(test.features), test.labels)
+    assert best_epoch >= last_accuracy
+    if chosen["epoch"] == 3:
+        assert torch.equal(adapter.keys, last.keys)
+    # Without the search the kept epoch is still recorded.
+    unsearched = fit(TipAdapterF, dataclasses.replace(config, search=False), ctx)
+    assert unsearched.selected()["epoch"] == chosen["epoch"]
     if chosen["kept"] == "initial":
         assert best_epoch > searched
         assert (chosen["beta"], chosen["alpha"]) == (config.init_beta, config.init_alpha)

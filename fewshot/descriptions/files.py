@@ -269,7 +269,10 @@ def load_description_set(dataset: str, name: str, kind: str, data_root: Path | s
     if not path.is_file() and source:
         path = set_path(data_root, source, name)
     if not path.is_file():
-        raise MissingDescriptionsError(f"{dataset}: no {kind} set {name!r} ({path} does not exist).")
+        raise MissingDescriptionsError(
+            f"{dataset}: no {kind} set {name!r} ({path} does not exist) — get one with "
+            f"`fewshot data download descriptions` or `fewshot describe {dataset}`."
+        )
     found = read_description_file(path, kind)
     classnames = get_dataset(dataset, data_root).spec().classnames
     what = f"Description set {name!r} ({path})"

@@ -1,11 +1,12 @@
 """How description sets reach methods, records and plans.
 
-A method declares the kinds it reads in ``Adapter.knowledge``; its config names the set of
-each kind in the field of the same name (``config.descriptions = "dclip"``; an empty
-``synonyms`` means none). For every dataset a run reads (the source it is fitted on, each
-target it is scored on) the runner loads those sets (:func:`load_knowledge`) and passes them
-in ``FitContext`` / ``QueryBatch``. The record keeps ``provenance["knowledge"]`` (the fitted
-sets, :func:`knowledge_record`) and, for a target, ``provenance["target_knowledge"]``;
+A method declares the kinds it reads in ``Adapter.knowledge`` (and, per config,
+``Adapter.knowledge_read``); its config names the set of each kind in the field of the same
+name (``config.descriptions = "dclip"``; an empty name means none of that kind). For every
+dataset a run reads (the source it is fitted on, each target it is scored on) the runner
+loads those sets (:func:`load_knowledge`) and passes them in ``FitContext`` /
+``QueryBatch``. The record keeps ``provenance["knowledge"]`` (the fitted sets,
+:func:`knowledge_record`) and, for a target, ``provenance["target_knowledge"]``;
 :func:`knowledge_label` turns both into the records frame's ``knowledge`` column, which the
 leaderboard never averages across. The plan checks that every set exists and matches
 (:func:`knowledge_problems`) before the first run.
@@ -31,14 +32,14 @@ __all__ = [
     "missing_line",
 ]
 
-OPTIONAL = ("synonyms",)  # kinds whose setting may be "" (none)
-
 
 def knowledge_names(method_cls: type, config: AdapterConfig) -> dict[str, str]:
-    """Kind -> set name, from the config fields named after ``method_cls.knowledge``
-    (optional kinds left empty are absent)."""
+    """Kind -> set name, from the config fields named after the kinds the config reads
+    (``knowledge_read``, else ``knowledge``); kinds set to "" (none) are absent."""
     names: dict[str, str] = {}
-    for kind in getattr(method_cls, "knowledge", ()):
+    read = getattr(method_cls, "knowledge_read", None)
+    kinds = read(config) if read is not None else getattr(method_cls, "knowledge", ())
+    for kind in kinds:
         if kind not in KINDS:
             raise ConfigError(
                 f"{method_cls.__name__}.knowledge names {kind!r}; the kinds are {', '.join(KINDS)}."
@@ -49,8 +50,6 @@ def knowledge_names(method_cls: type, config: AdapterConfig) -> dict[str, str]:
                 "setting naming the set."
             )
         name = str(getattr(config, kind) or "")
-        if not name and kind not in OPTIONAL:
-            raise ConfigError(f"{method_cls.__name__} needs a {kind} set: --set {kind}=NAME.")
         if name:
             names[kind] = name
     return names

@@ -42,7 +42,7 @@ def knowledge_set(
     if given is None:
         raise FewshotError(
             f"{method} is configured with {kind} set {configured!r} but the run carries no {kind}; "
-            f"run it through fewshot run (which loads the set), or pass --set {kind}= to use none."
+            f"run it through fewshot run (which loads the set), or set {kind}='' to use none."
         )
     return given
 

@@ -143,6 +143,12 @@ class Adapter(abc.ABC):
     def __init__(self, config: AdapterConfig | None = None) -> None:
         self.config = config if config is not None else self.config_cls()
 
+    @classmethod
+    def knowledge_read(cls, config: AdapterConfig) -> tuple[str, ...]:
+        """The kinds of ``knowledge`` a run with ``config`` reads (the runner loads, records
+        and checks only those). Default: all of them."""
+        return cls.knowledge
+
     @abc.abstractmethod
     def fit(self, ctx: FitContext) -> None:
         """Learn from the support set (and, for selection, the few-shot val set)."""

@@ -113,6 +113,11 @@ class DCLIP(Adapter):
         self.backbone: Backbone | None = None
         self.cache: TextCache | None = None
 
+    @classmethod
+    def knowledge_read(cls, config: AdapterConfig) -> tuple[str, ...]:
+        """The class-name baseline reads no set (nothing to load, record or check)."""
+        return () if getattr(config, "baseline", False) else cls.knowledge
+
     def fit(self, ctx: FitContext) -> None:
         """Nothing to learn: remember the backbone and check the set covers the classes."""
         self.backbone = ctx.backbone
@@ -121,8 +126,10 @@ class DCLIP(Adapter):
 
     def class_strings(self, classnames: list[str], given: DescriptionSet | None) -> list[list[str]]:
         """The strings of each class: descriptor sentences, or the class name (baseline / no set)."""
+        if self.config.baseline:  # reads no set (knowledge_read)
+            return [[name.replace("_", " ") + self.config.after] for name in classnames]
         chosen = knowledge_set("dclip", "descriptions", self.config.descriptions, given)
-        if self.config.baseline or chosen is None:
+        if chosen is None:
             return [[name.replace("_", " ") + self.config.after] for name in classnames]
         return [
             dclip_strings(c, d, self.config.after)

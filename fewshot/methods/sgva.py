@@ -244,10 +244,13 @@ class SgVA(Adapter):
 
     @classmethod
     def step_cost(cls, config: AdapterConfig, classnames: list[str], online: bool) -> StepCost:
-        """Every class prompt once per episode (the prompt step covers all C classes)."""
+        """Every class prompt once per episode (the prompt step covers all C classes); an
+        epoch is C // train_way episodes (at least one)."""
         assert isinstance(config, SgVAConfig)
         init = "" if config.ctx_init == "ensemble" else config.ctx_init
-        return StepCost(prompts_with(init, config.n_ctx, classnames), reads_views=True)
+        episodes = max(1, len(classnames) // min(config.train_way, max(1, len(classnames))))
+        prompts = prompts_with(init, config.n_ctx, classnames)
+        return StepCost(prompts, reads_views=True, steps_per_epoch=episodes)
 
     def selected(self) -> dict[str, Any]:
         """λ, the fusion weight of the prototype logits (learned on the few-shot val set)."""

@@ -122,6 +122,8 @@ class TipAdapterF(TipAdapter):
         if best is not None and best.keys is not None:
             self.keys = best.keys
         self._best = best
+        if best is not None:  # recorded with or without the search that follows
+            self._selected["epoch"] = best.epoch
 
     def _train_keys(self, ctx: FitContext, keys: nn.Parameter, best: _BestEpoch | None) -> None:
         """The official loop: cosine-annealed AdamW stepped every batch, epochs × batches."""
@@ -152,7 +154,6 @@ class TipAdapterF(TipAdapter):
         best = self._best
         if best is None or best.test is None:
             return
-        self._selected["epoch"] = best.epoch
         if best.accuracy > best.accuracy_of(self, self.beta, self.alpha):
             self.beta, self.alpha = self.config.init_beta, self.config.init_alpha
             self._selected.update({"beta": self.beta, "alpha": self.alpha, "kept": "initial"})
