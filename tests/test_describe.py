@@ -275,3 +275,19 @@ def test_endpoint_host_and_scrub_drop_credentials() -> None:
         "bad key *** at https://user:***@llm.example"
     )
     assert KEY not in repr(endpoint)
+
+
+def test_an_existing_set_with_other_sentences_is_kept_unless_force(fake: Fake, tmp_path: Path) -> None:
+    assert describe(fake, tmp_path)[0] == 0
+    path = tmp_path / "data" / "descriptions" / "toy-objects" / "dclip-fake.json"
+    doc = json.loads(path.read_text())
+    doc["classes"]["red circle"] = ["a hand-edited sentence"]
+    path.write_text(json.dumps(doc))
+    edited = path.read_text()
+    code, out = describe(fake, tmp_path)
+    assert code != 0 and "exists with other content" in out
+    assert path.read_text() == edited  # nothing already written is lost
+    code, out = describe(fake, tmp_path, "--force")
+    assert code == 0, out
+    replaced = read_set(tmp_path, "dclip-fake")["classes"]["red circle"]
+    assert replaced == ["red circle shape", "red circle colour"]

@@ -301,7 +301,10 @@ def save_description_set(
             same = False
         if same:
             return path
-        raise DescriptionsError(f"{path} exists with other content; pass overwrite to replace it.")
+        raise DescriptionsError(
+            f"{path} exists with other content: choose another set name, or replace it "
+            "(`fewshot describe --force`; in Python, overwrite=True)."
+        )
     document = {
         "fewshot_descriptions": FORMAT_VERSION,
         "name": dset.name,
