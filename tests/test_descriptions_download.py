@@ -196,3 +196,27 @@ def test_pinned_table() -> None:
     assert (
         pets["synonyms-gpt4-turbo"] == "data/dataset/oxford_pets/category_synonym/gpt-4-turbo-2024-04-09.json"
     )
+
+
+def test_every_default_preset_names_a_set_that_can_be_downloaded() -> None:
+    """On every real dataset (a shifted domain reads its source's sets), the description and
+    synonym sets the knowledge methods read by default are in the pinned download list, so
+    the "fewshot data download descriptions" fix the plan suggests does get them."""
+    from fewshot.datasets import DATASETS
+    from fewshot.descriptions.published import PUBLISHED
+    from fewshot.methods import get_method
+
+    pinned = {(f.dataset, f.name) for f in PUBLISHED}
+    missing = []
+    for name in DATASETS.names():
+        if name.startswith("toy"):
+            continue
+        source = getattr(DATASETS.get(name), "domain_of", None) or name
+        for method in ("dclip", "cupl", "proapo"):
+            cls = get_method(method)
+            config = cls.config_cls.build("fewshot", 1, dataset=name)
+            for kind in cls.knowledge_read(config):
+                set_name = getattr(config, kind)
+                if set_name and (source, set_name) not in pinned:
+                    missing.append(f"{method} on {name}: {kind} {set_name!r}")
+    assert not missing, missing

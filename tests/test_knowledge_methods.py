@@ -53,10 +53,15 @@ EXPECTED_STRINGS = {  # DCLIP's rules applied by hand (descriptor_strings.make_d
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory) -> DescriptionSet:
+    """The file as DCLIP publishes one (a plain dict, one key spelt as the file's authors
+    did), read and matched to the dataset's names by fewshot's own loader."""
+    from fewshot.descriptions.files import match_classes, read_description_file
+
     path = tmp_path_factory.mktemp("sets") / "descriptors_toy.json"
-    path.write_text(json.dumps(PUBLISHED))
-    data = json.loads(path.read_text())
-    return DescriptionSet("dclip", {name: tuple(sentences) for name, sentences in data.items()})
+    path.write_text(json.dumps({("Circle" if k == "circle" else k): v for k, v in PUBLISHED.items()}))
+    found = read_description_file(path, "descriptions")
+    matched = match_classes(found.classes, NAMES, what="descriptors_toy.json")
+    return DescriptionSet("dclip", matched, provenance=found.provenance)
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +261,15 @@ def test_contract_with_the_toy_sets(cls, overrides):
     """The Adapter contract with the sets read (the registry-wide contract test runs the
     methods without a dataset, hence without sets)."""
     check_adapter(cls, overrides=overrides)
+
+
+def test_crossover_keeps_what_every_present_top_set_holds():
+    """With fewer scored sets than `top` (common in a group's search), crossover still keeps
+    the items all of them share and draws the rest."""
+    from fewshot.methods._proapo_search import Evolution
+
+    evolution = Evolution(lambda keys: torch.zeros(len(keys)), torch.Generator().manual_seed(0), 4)
+    out: list = []
+    evolution._crossover(out, [frozenset({1, 2, 3}), frozenset({1, 4, 5})], 12)
+    assert out and all(1 in key for key in out)
+    assert all(key <= {1, 2, 3, 4, 5} for key in out)

@@ -37,4 +37,4 @@ def test_proapo_prompt_sets_ignore_test_labels(monkeypatch, feature_cache):
     chosen = assert_selection_ignores_test(
         monkeypatch, feature_cache, "proapo", fast, dataset="toy-shapes", shots=1
     )
-    assert chosen["templates"]
+    assert chosen["templates"] and chosen["items_hash"]

@@ -10,9 +10,10 @@ the full URL).
   pool of ``concurrency`` workers. The client's own retries are off: 429, 5xx, timeouts and
   lost connections are retried here with exponential backoff (:class:`RetryPolicy`), other
   HTTP errors fail at once.
-- Every answer that reads well is cached on disk (:class:`AnswerCache`) under a key made of
-  the model, the endpoint host, the style, the prompt text, the sampling parameters and the
-  class, so a repeated or interrupted run asks only what is not cached yet.
+- Every answer that reads well is cached on disk (:class:`AnswerCache`), as the endpoint sent
+  it (parsed again on every read, so a parser fix reaches cached answers), under a key made
+  of the model, the endpoint host and path, the style, the prompt text, the sampling
+  parameters and the class, so a repeated or interrupted run asks only what is not cached.
 - A malformed answer is one error line naming the class and what was wrong; the API key is
   scrubbed from every message that reaches the user.
 """
@@ -48,7 +49,7 @@ __all__ = [
     "nearest_classes",
 ]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: raw answer texts (1 held parsed sentences)
 
 
 class GenerationError(FewshotError):
@@ -106,7 +107,7 @@ class RetryPolicy:
 
 
 class AnswerCache:
-    """Parsed answers on disk, one JSON file per request identity (no key, no URL)."""
+    """Raw answer texts on disk, one JSON file per request identity (no key, no credentials)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -168,13 +169,17 @@ def _describe_error(exc: Exception) -> str:
     return f"{what}: {message[:200]}" if message else what
 
 
-def _complete(client: Any, model: str, prompt: str, sampling: Mapping[str, Any]) -> list[str]:
-    """The texts of ``sampling['n']`` sampled answers (more requests if a server sends fewer)."""
+def _complete(
+    client: Any, model: str, prompt: str, sampling: Mapping[str, Any], sent: Callable[[], None]
+) -> list[str]:
+    """The texts of ``sampling['n']`` sampled answers (more requests if a server sends fewer);
+    ``sent()`` is called before every HTTP request."""
     n = int(sampling.get("n", 1))
     params = {k: v for k, v in sampling.items() if k != "n"}
     texts: list[str] = []
     while len(texts) < n:
         extra = {"n": n - len(texts)} if n > 1 else {}
+        sent()
         response = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": prompt}], **params, **extra
         )
@@ -195,13 +200,14 @@ class _Asker:
     cache: AnswerCache
     retry: RetryPolicy
     stop: threading.Event = field(default_factory=threading.Event)
-    requests: int = 0  # sent to the endpoint (all attempts)
+    requests: int = 0  # HTTP requests sent to the endpoint (all attempts)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def identity(self, classname: str, prompt: str) -> dict[str, Any]:
         return {
             "model": self.endpoint.model,
             "host": self.endpoint.host,
+            "path": urllib.parse.urlsplit(self.endpoint.base_url).path.rstrip("/"),
             "style": self.style.name,
             "prompt": prompt,
             "sampling": dict(self.style.sampling),
@@ -212,23 +218,19 @@ class _Asker:
         out: list[str] = []
         for prompt in self.style.prompts(classname, neighbours):
             identity = self.identity(classname, prompt)
-            answers = self.cache.get(identity)
-            if answers is None:
-                answers = self._ask(classname, prompt)
-                self.cache.put(identity, answers)
-            out.extend(answers)
+            texts = self.cache.get(identity)
+            if texts is None:
+                texts = self._ask(classname, prompt)
+                self.cache.put(identity, texts)
+            out.extend(self._parse(classname, texts))
         if not out:
             raise GenerationError(f"Class {classname!r}: every answer was empty; nothing to keep.")
         return tuple(out)
 
     def _ask(self, classname: str, prompt: str) -> list[str]:
         for attempt in range(self.retry.attempts):
-            if self.stop.is_set():
-                raise _Stopped
-            with self._lock:
-                self.requests += 1
             try:
-                texts = _complete(self.client, self.endpoint.model, prompt, self.style.sampling)
+                texts = _complete(self.client, self.endpoint.model, prompt, self.style.sampling, self._sent)
             except AnswerError as exc:
                 raise GenerationError(f"Class {classname!r}: malformed answer: {exc}.") from None
             except Exception as exc:
@@ -238,8 +240,17 @@ class _Asker:
                     raise self._failure(classname, exc, attempt + 1) from None
                 self.stop.wait(self.retry.delay(attempt))
                 continue
-            return self._parse(classname, texts)
+            self._parse(classname, texts)  # only answers that read well are cached
+            return texts
         raise AssertionError("unreachable")
+
+    def _sent(self) -> None:
+        """Before each HTTP request: stop if the run is stopping (an error elsewhere, Ctrl-C),
+        else count it."""
+        if self.stop.is_set():
+            raise _Stopped
+        with self._lock:
+            self.requests += 1
 
     def _parse(self, classname: str, texts: list[str]) -> list[str]:
         sentences: list[str] = []

@@ -24,12 +24,25 @@ if TYPE_CHECKING:
 __all__ = ["TextCache", "knowledge_set", "set_preset"]
 
 
+# Published sets that have no pinned file for a dataset (fewshot.descriptions.published),
+# and the set a preset reads there instead: ImageNet's CuPL "full" sentences are not pinned
+# (their contents were missing from the snapshot the checksums were taken from).
+_SUBSTITUTES = {("imagenet", "cupl-full"): "cupl-base"}
+
+
 def set_preset(dataset: str, published: str) -> str:
     """The set a knowledge method reads by default: "toy" on toy datasets, ``published``
-    on a real dataset, "" (none) when the dataset is not known (e.g. a bare contract test)."""
+    on a real dataset (or its substitute where that set cannot be downloaded; a shifted
+    domain such as imagenet-v2 reads its source's sets), "" (none) when the dataset is not
+    known (e.g. a bare contract test)."""
     if dataset.startswith("toy"):
         return "toy"
-    return published if dataset else ""
+    if not dataset:
+        return ""
+    from fewshot.datasets import DATASETS
+
+    source = getattr(DATASETS.get(dataset), "domain_of", None) if dataset in DATASETS.names() else None
+    return _SUBSTITUTES.get((source or dataset, published), published)
 
 
 def knowledge_set(
@@ -42,7 +55,7 @@ def knowledge_set(
     if given is None:
         raise FewshotError(
             f"{method} is configured with {kind} set {configured!r} but the run carries no {kind}; "
-            f"run it through fewshot run (which loads the set), or set {kind}='' to use none."
+            f"run it through fewshot run (which loads the set), or pass `--set {kind}=` to use none."
         )
     return given
 

@@ -223,7 +223,7 @@ class DescriptionSearch:
         """(fitness, Acc@1) of candidates: the group's classes take the items the key holds
         (a class left with none keeps its current set), every other class is unchanged."""
         vectors = self.prompts.vector([it for _, it in universe])  # (M, D)
-        mask = torch.zeros(len(keys), len(universe))
+        mask = torch.zeros(len(keys), len(universe), device=vectors.device)
         for row, key in enumerate(keys):
             mask[row, sorted(key)] = 1.0
         texts = self.matrix().unsqueeze(0).repeat(len(keys), 1, 1)

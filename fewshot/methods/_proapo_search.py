@@ -214,8 +214,8 @@ class Evolution:
         for key in tops:
             for i in sorted(key):
                 tally[i] = tally.get(i, 0) + 1
-        common = frozenset(i for i, c in tally.items() if c == self.top)
-        rest = [i for i, c in tally.items() if c != self.top]
+        common = frozenset(i for i, c in tally.items() if c == len(tops))  # held by every top set
+        rest = [i for i, c in tally.items() if c != len(tops)]
         if len(rest) <= 1:
             return
         weights = [float(tally[i]) for i in rest]

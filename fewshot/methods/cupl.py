@@ -95,9 +95,15 @@ class CuPL(Adapter):
         knowledge = knowledge_set("cupl", "descriptions", self.config.descriptions, batch.descriptions)
         sentences = knowledge.sentences(batch.classnames) if knowledge else [() for _ in batch.classnames]
         templates: list[str] = []
-        if self.config.standard:
-            use_dataset = self.config.standard_templates == "dataset" and batch.templates
-            templates = list(batch.templates) if use_dataset else default_templates()
+        if self.config.standard and self.config.standard_templates == "dataset":
+            if not batch.templates:
+                raise FewshotError(
+                    "cupl standard_templates=dataset: this dataset declares no template ensemble; "
+                    "use standard_templates=openai80 (CuPL's 80 templates)."
+                )
+            templates = list(batch.templates)
+        elif self.config.standard:
+            templates = default_templates()
         groups = [
             [t.format(c) for t in templates] + list(s)
             for c, s in zip(batch.classnames, sentences, strict=True)

@@ -44,8 +44,9 @@ embeddings cached per prompt string, each distinct prompt encoded once per run):
   KMeans, k by silhouette score over 5, 7, … < 0.2·C, or k = 2 when 0.2·C < 5), capped at
   ⌊2.5 ln C⌋ classes per group and ⌊10 ln C⌋ classes in all. The first
   ``num_max_search_group`` groups are searched: single-item edits that lower Acc@1 by θ or
-  more are dropped, then an inner loop of ``epochs_inner`` = 4 epochs (top 4; add / remove
-  / replace 8 each; mutation 4; crossover 16) over the group's item sets.
+  more are dropped, then an inner loop of ``epochs_inner`` = 4 epochs, stopping early after
+  (kept edits + 1) epochs as the official loop does (top 4; add / remove / replace 8 each;
+  mutation 4; crossover 16) over the group's item sets.
 - Prediction: zero-shot with the found class embeddings; a class never searched (a novel
   class) gets its name with the chosen templates.
 
@@ -80,12 +81,15 @@ Deviations from the official code:
   lower-cases anyway). Synonyms and descriptions come from the run's sets (``synonyms``,
   ``descriptions`` configs; "" drops one), not the repository's JSON files; DCLIP-style
   descriptors are turned into "which is/has …" phrases and the templates' "." into ","
-  when ``dclip_phrases`` is set (the preset sets it for the "dclip" set).
+  when ``dclip_phrases`` is set (set it with a DCLIP-style descriptor set such as "dclip";
+  only on the stage-2 path, so an ATO-only result keeps its templates as scored).
 - Image features use the harness's CLIP preprocessing, not Resize(256) + CenterCrop(224).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -245,8 +249,8 @@ class ProAPO(Adapter):
         templates = self._search_templates(ctx, scorer, threshold)
         self.prompts = ClassPrompts(self.cache, templates)
         current: list[list[Item]] = [[(name, "")] for name in ctx.classnames]
-        pools, described = self._pools(ctx, templates)
-        if self.config.stage2 and any(pools):
+        pools, described = self._pools(ctx, templates) if self.config.stage2 else ([], [])
+        if any(pools):
             search = DescriptionSearch(
                 self.prompts, scorer, self.weights("desc"), pools, current, ctx.generator, threshold
             )
@@ -300,7 +304,7 @@ class ProAPO(Adapter):
         synonyms = knowledge_set("proapo", "synonyms", self.config.synonyms, ctx.synonyms)
         names = ctx.classnames
         texts = descriptions.sentences(names) if descriptions else [() for _ in names]
-        if self.config.dclip_phrases:
+        if self.config.dclip_phrases and descriptions:
             texts = [tuple(descriptor_phrase(d) for d in ds) for ds in texts]
             assert self.prompts is not None
             self.prompts.templates = [t.replace(".", ",") for t in templates]
@@ -325,11 +329,15 @@ class ProAPO(Adapter):
         return self.backbone.logit_scale * image @ weights.t()
 
     def selected(self) -> dict[str, Any]:
-        """Chosen templates, items per class, and the best fitness per generation."""
+        """Chosen templates, items per class (their count, and a hash of every class's chosen
+        items, so two records say whether they chose the same prompt sets), and the best
+        fitness per generation."""
         templates = self.prompts.templates if self.prompts else []
+        chosen = json.dumps(sorted((name, sorted(items)) for name, items in self.class_items.items()))
         return {
             "templates": list(templates),
             "items_per_class": {name: len(items) for name, items in self.class_items.items()},
+            "items_hash": hashlib.sha256(chosen.encode()).hexdigest()[:16],
             "fitness_history": {k: [round(v, 6) for v in vs] for k, vs in self.history.items()},
         }
 
