@@ -154,6 +154,7 @@ def prepare(
     from fewshot.methods import METHODS
     from fewshot.planning import resolve_config
     from fewshot.protocols import task_for
+    from fewshot.test_access import reads_test, with_selection_sets
 
     started, encoded_before = time.perf_counter(), cache.images_encoded
     config = resolve_config(spec)
@@ -170,7 +171,9 @@ def prepare(
     autocast = autocast_for(spec.precision, backbone.device)
     ctx = _fit_context(spec, task, dataset, splits, backbone, cache, progress, autocast)
     ctx.descriptions, ctx.synonyms = knowledge.get("descriptions"), knowledge.get("synonyms")
-    ctx = _with_test_access(spec, config, ctx, task, dataset, splits, backbone, cache)
+    if reads_test(METHODS.get(spec.method), config):  # a released protocol that selects on test
+        workers = loader_workers(backbone.device)
+        ctx = with_selection_sets(ctx, task, dataset, splits, backbone, cache, spec.precision, workers)
     return Prepared(
         spec,
         config,
@@ -248,27 +251,6 @@ def _fit_context(
         progress=progress,
         autocast=autocast,
     )
-
-
-def _with_test_access(
-    spec: RunSpec,
-    config: AdapterConfig,
-    ctx: FitContext,
-    task: FewShotTask,
-    dataset: Dataset,
-    splits: Splits,
-    backbone: Backbone,
-    cache: FeatureCache,
-) -> FitContext:
-    """The full val and test splits, only for a method config that reproduces a protocol
-    selecting on them (``Adapter.reads_test``, fewshot.test_access); else ``ctx`` as it is."""
-    from fewshot.methods import METHODS
-    from fewshot.test_access import reads_test, with_selection_sets
-
-    if not reads_test(METHODS.get(spec.method), config):
-        return ctx
-    workers = loader_workers(backbone.device)
-    return with_selection_sets(ctx, task, dataset, splits, backbone, cache, spec.precision, workers)
 
 
 def _lazy_views(
