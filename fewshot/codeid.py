@@ -10,7 +10,9 @@ The digest covers every module in the adapter class's inheritance chain that def
 of it (KgCoOp's covers kgcoop.py and coop.py; a ``path.py:Class`` method covers its file),
 except the abstract contract (``fewshot.methods.base``), and every module of the method
 toolkit those modules import, directly or through each other: ``fewshot.methods._*`` (the
-training loop), ``fewshot.prompting`` (prompt construction, the text tower's paths) and
+training loop), the other method modules a method borrows from (LP++ from CLAP, Tip-Adapter
+from zero-shot, SgVA-CLIP from CoOp), ``fewshot.prompting`` (prompt construction, the text
+tower's paths) and
 the modules of ``fewshot.descriptions`` that load, match and hand over description sets
 (:data:`DESCRIPTION_MODULES`, the toy sets included), covered for every method that declares
 ``knowledge`` whether it imports them or not.
@@ -129,8 +131,8 @@ def _imported_modules(path: str, package: str) -> list[str]:
 
 def _toolkit_file(name: str) -> str | None:
     """The source file of module ``name`` if it belongs to the method toolkit, else None."""
-    toolkit = name in ("fewshot.prompting", *DESCRIPTION_MODULES) or name.startswith(
-        ("fewshot.prompting.", "fewshot.methods._")
+    toolkit = name in ("fewshot.prompting", *DESCRIPTION_MODULES) or (
+        name.startswith(("fewshot.prompting.", "fewshot.methods.")) and name != "fewshot.methods.base"
     )
     if not toolkit:
         return None

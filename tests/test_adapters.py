@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot.methods.clap import IMAGENET_SELECT_TEMPLATES, Clap, ClapConfig, clap_loss, online_views
+from fewshot.methods.clap import Clap, ClapConfig, clap_loss, online_views
 from fewshot.methods.clip_adapter import ClipAdapter, ClipAdapterConfig
 from fewshot.methods.lp_plus_plus import LPPlusPlus, LPPlusPlusConfig, lr_alpha, lr_weights
 from fewshot.sweeps import sweep
@@ -19,6 +19,16 @@ from fewshot.testing import make_fit_context, make_query_batch
 from fewshot.types import ConfigError, FewshotError, RunSpec
 
 CLASSES = (0, 1, 2, 3)
+
+SELECT_7 = (  # CLAP datasets/imagenet_templates.py and CLIP's notebook, as written there
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +179,7 @@ def test_clap_pool_without_cached_views_is_encoded_passes_of_the_support_set(bac
 
 def test_clap_imagenet_anchors_average_unnormalised_features(backbone, colors):
     cfg = ClapConfig.build("fewshot", 16, dataset="imagenet")
-    assert cfg.templates == (*IMAGENET_SELECT_TEMPLATES, "a photo of a {}.")
+    assert cfg.templates == (*SELECT_7, "a photo of a {}.")
     settings = (cfg.lr, cfg.batch_size, cfg.epochs, cfg.weight_decay, cfg.warmup_epochs)
     assert settings == (0.1, 256, 300, 0.0, 1)
     adapter = fit(Clap, dataclasses.replace(cfg, epochs=0), colors)
@@ -230,7 +240,7 @@ def test_lpp_alpha_moves_only_every_ten_epochs(colors):
     assert torch.equal(nine.state.alpha, init) and not torch.equal(ten.state.alpha, init)
     frozen = fit(LPPlusPlus, LPPlusPlusConfig(epochs=10, alpha_every=11), blind)
     assert torch.equal(frozen.state.alpha, init)
-    assert LPPlusPlusConfig.build("fewshot", 16, dataset="imagenet").templates == IMAGENET_SELECT_TEMPLATES
+    assert LPPlusPlusConfig.build("fewshot", 16, dataset="imagenet").templates == SELECT_7
 
 
 # ------------------------------------------------------------------------------------------

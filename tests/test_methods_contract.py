@@ -104,3 +104,25 @@ def test_registered_summary_matches_the_class(name: str) -> None:
     """`fewshot list methods` shows the summary without importing the method: keep it true."""
     cls = METHODS.get(name)
     assert METHODS.summary(name) == {"needs": cls.needs.value, "novel": "yes" if cls.supports_novel else "no"}
+
+
+def test_code_digest_covers_the_method_modules_a_method_borrows_from() -> None:
+    """A method's digest covers the sibling method modules it imports code from (LP++ uses
+    CLAP's helpers, Tip-Adapter zero-shot's text classifier, SgVA-CLIP CoOp's prompt learner,
+    ProAPO DCLIP's phrasing), so editing those marks its records stale; the contract and the
+    registry are not part of any method's code."""
+    from pathlib import Path
+
+    from fewshot.codeid import _source_files
+
+    def names(method: str) -> set[str]:
+        return {Path(f).name for f in _source_files(get_method(method))}
+
+    assert {"lp_plus_plus.py", "clap.py", "zeroshot.py"} <= names("lp++")
+    assert {"tip_adapter_f.py", "tip_adapter.py", "zeroshot.py", "_tip_cache.py"} <= names("tip-adapter-f")
+    assert {"sgva.py", "coop.py"} <= names("sgva-clip")
+    assert {"proapo.py", "dclip.py"} <= names("proapo")
+    coop = {Path(f).as_posix() for f in _source_files(get_method("coop"))}
+    assert not [
+        f for f in coop if f.endswith(("methods/base.py", "methods/__init__.py", "methods/zeroshot.py"))
+    ]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.methods import _tip_cache
-from fewshot.methods.tip_adapter import IMAGENET_TEMPLATES, TipAdapter, TipAdapterConfig
+from fewshot.methods.tip_adapter import TipAdapter, TipAdapterConfig
 from fewshot.methods.tip_adapter_f import TipAdapterF, TipAdapterFConfig
 from fewshot.testing import make_fit_context
 from fewshot.types import ConfigError, FeatureSet, FewshotError, RunSpec
@@ -25,6 +25,15 @@ from fewshot.types import ConfigError, FeatureSet, FewshotError, RunSpec
 from ._selection import fit_with_shuffled_test_labels
 
 CLASSES, SHOTS, VIEWS = (0, 1, 2, 3), 4, 3
+TIP_IMAGENET = (  # Tip-Adapter datasets/imagenet.py imagenet_templates, as written there
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +185,7 @@ def test_presets_follow_the_official_configs():
     assert (flowers.search_scale, flowers.init_alpha, flowers.epochs) == ((50.0, 50.0), 10.0, 20)
     assert TipAdapterFConfig.build("fewshot", 1, dataset="eurosat").epochs == 100
     imagenet = TipAdapterConfig.build("base2novel", 4, dataset="imagenet")
-    assert imagenet.templates == IMAGENET_TEMPLATES and imagenet.search_scale == (7.0, 3.0)
+    assert imagenet.templates == TIP_IMAGENET and imagenet.search_scale == (7.0, 3.0)
     assert TipAdapterConfig.build("fewshot", 16, dataset="ucf101").init_alpha == 3.0
     assert TipAdapterConfig.build("fewshot", 16, dataset="cub") == TipAdapterConfig()
     default = TipAdapterFConfig()

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.methods._templates import IMAGENET_SELECT_TEMPLATES
 from fewshot.methods._training import SGDConfig, clip_logits, fit_sgd
 from fewshot.methods.base import Adapter, FitContext, Needs, QueryBatch
 from fewshot.types import AdapterConfig, ConfigError, FeatureSet, FewshotError
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
     from fewshot.backbones import Backbone
 
 __all__ = [
-    "IMAGENET_SELECT_TEMPLATES",
     "Clap",
     "ClapConfig",
     "anchor_strengths",
@@ -74,16 +74,6 @@ __all__ = [
     "online_views",
 ]
 
-IMAGENET_SELECT_TEMPLATES: tuple[str, ...] = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
-"""The 7 "select" ImageNet templates (CLIP's notebook; CLAP datasets/imagenet_templates.py)."""
 
 ONLINE_VIEWS = 20  # the original's augmented passes, used when the harness caches no views
 

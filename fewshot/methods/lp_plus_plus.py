@@ -55,8 +55,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from fewshot.methods._templates import IMAGENET_SELECT_TEMPLATES
 from fewshot.methods.base import Adapter, FitContext, Needs, QueryBatch
-from fewshot.methods.clap import IMAGENET_SELECT_TEMPLATES, closed_set_columns, online_views
+from fewshot.methods.clap import closed_set_columns, online_views
 from fewshot.methods.zeroshot import text_classifier
 from fewshot.types import AdapterConfig, ConfigError, FewshotError
 

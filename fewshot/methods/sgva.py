@@ -99,6 +99,7 @@ from fewshot.methods._sgva import (
 from fewshot.methods._training import make_warmup_cosine
 from fewshot.methods.base import Adapter, FitContext, Needs, QueryBatch
 from fewshot.methods.coop import PromptLearner
+from fewshot.methods.zeroshot import default_templates
 from fewshot.prompting import (
     ClassPrompts,
     PerClassList,
@@ -291,10 +292,7 @@ class SgVA(Adapter):
         cfg = self.config
         assert self._tower is not None
         if cfg.ctx_init == "ensemble":
-            from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-            templates = [template("{}") for template in OPENAI_IMAGENET_TEMPLATES]
-            tokens = ctx.backbone.tokenize(templates)
+            tokens = ctx.backbone.tokenize(default_templates())
             return ensemble_context(self._tower, tokens, cfg.n_ctx), " ".join(["X"] * cfg.n_ctx)
         return initial_context(
             ctx.backbone,

@@ -62,6 +62,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fewshot.methods._templates import IMAGENET_SELECT_TEMPLATES
 from fewshot.methods._tip_cache import (
     cache_keys_from_views,
     cache_keys_online,
@@ -74,7 +75,6 @@ from fewshot.types import AdapterConfig, ConfigError, FeatureSet, FewshotError
 from fewshot.workload import StepCost
 
 __all__ = [
-    "IMAGENET_TEMPLATES",
     "TIP_PRESETS",
     "TIP_PROTOCOLS",
     "TOY_PRESET",
@@ -85,16 +85,6 @@ __all__ = [
 
 TIP_PROTOCOLS = ("fewshot-val", "original")
 
-IMAGENET_TEMPLATES = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
-"""Tip-Adapter's ImageNet templates (datasets/imagenet.py ``imagenet_templates``)."""
 
 # registry name -> (S_beta, S_alpha, init alpha, Tip-F epochs), from configs/*.yaml @ d0e2d6f8.
 TIP_PRESETS: dict[str, tuple[float, float, float, int]] = {
@@ -152,7 +142,7 @@ class TipAdapterConfig(AdapterConfig):
         s_beta, s_alpha, alpha, _ = table
         values: dict[str, Any] = {"search_scale": (float(s_beta), float(s_alpha)), "init_alpha": float(alpha)}
         if dataset == "imagenet":
-            values["templates"] = IMAGENET_TEMPLATES
+            values["templates"] = IMAGENET_SELECT_TEMPLATES
         return values
 
 
