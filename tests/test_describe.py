@@ -15,7 +15,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from typer.testing import CliRunner
 
 from fewshot.cli import app
 from fewshot.datasets import get_dataset
+
+from ._servers import local_server
 
 pytest.importorskip("openai", reason="the llm extra: pip install -e '.[llm]'")
 
@@ -108,15 +110,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake]:
-    monkeypatch.setenv("no_proxy", "*")
-    monkeypatch.setenv("NO_PROXY", "*")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.fake = Fake(url=f"http://127.0.0.1:{server.server_port}/v1")  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.fake  # type: ignore[attr-defined]
-    server.shutdown()
-    server.server_close()
+    with local_server(monkeypatch, _Handler) as server:
+        server.fake = Fake(url=f"http://127.0.0.1:{server.server_port}/v1")  # type: ignore[attr-defined]
+        yield server.fake  # type: ignore[attr-defined]
 
 
 def describe(fake: Fake, tmp_path: Path, *args: str, key: str = KEY) -> tuple[int, str]:

@@ -13,9 +13,8 @@ import dataclasses
 import hashlib
 import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ from fewshot.cli import app
 from fewshot.datasets import DATASETS, get_dataset
 from fewshot.descriptions import published
 from fewshot.descriptions.published import PUBLISHED, PublishedFile, to_set
+
+from ._servers import local_server
 
 TOY = list(get_dataset("toy-objects", "/nonexistent").spec().classnames)
 REPO, COMMIT = "someone/descs", "a" * 40
@@ -59,16 +60,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def tree(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tree]:
-    monkeypatch.setenv("no_proxy", "*")
-    monkeypatch.setenv("NO_PROXY", "*")
     monkeypatch.delenv("FEWSHOT_MIRROR_DESCRIPTIONS", raising=False)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.tree = Tree(url=f"http://127.0.0.1:{httpd.server_address[1]}")  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield httpd.tree  # type: ignore[attr-defined]
-    httpd.shutdown()
-    httpd.server_close()
+    with local_server(monkeypatch, _Handler) as httpd:
+        httpd.tree = Tree(url=f"http://127.0.0.1:{httpd.server_address[1]}")  # type: ignore[attr-defined]
+        yield httpd.tree  # type: ignore[attr-defined]
 
 
 DCLIP_LIKE = {
