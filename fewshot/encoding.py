@@ -21,6 +21,7 @@ Every encoder pass runs at the run's precision (:mod:`fewshot.precision`): ``fp3
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -282,9 +283,30 @@ class SubsetImages:
         self.labels = [relabel[it.label] for it in self.items]
         self.num_workers = num_workers
         self.served = 0  # images handed out by the loaders: a method encodes each one (cost)
+        self.parent: SubsetImages | None = None  # the source this one was derived from
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def derive(
+        self, *, labels: Sequence[int] | None = None, backbone: Backbone | None = None
+    ) -> SubsetImages:
+        """The same images with other ``labels`` and/or ``backbone``'s transforms; what the
+        new source serves also counts as served by this one."""
+        new = copy.copy(self)
+        if labels is not None:
+            if len(labels) != len(self.items):
+                raise ValueError(f"derive: {len(labels)} labels for {len(self.items)} images.")
+            new.labels = list(labels)
+        new.backbone = backbone if backbone is not None else self.backbone
+        new.served, new.parent = 0, self
+        return new
+
+    def count_served(self, n: int) -> None:
+        """Add ``n`` images to this source's ``served`` count and to its parents'."""
+        self.served += n
+        if self.parent is not None:
+            self.parent.count_served(n)
 
     def loader(
         self,
@@ -345,5 +367,5 @@ class _EpochLoader:
             pin_memory=torch.device(src.backbone.device).type == "cuda",
         )
         for images, labels in loader:
-            src.served += len(labels)
+            src.count_served(len(labels))
             yield images, labels

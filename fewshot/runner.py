@@ -215,6 +215,7 @@ def _fit_context(
     """The support and val subsets as features and images; no test data."""
     from fewshot.encoding import SubsetImages, encode_items
     from fewshot.methods.base import FitContext
+    from fewshot.stages import StageCache
 
     dspec = dataset.spec()
     relabel = task.train_space.relabel()
@@ -250,6 +251,7 @@ def _fit_context(
         dataset=spec.dataset,
         progress=progress,
         autocast=autocast,
+        stages=StageCache(cache.root),
     )
 
 
@@ -354,6 +356,8 @@ def fit(prepared: Prepared) -> Fitted:
     if prepared.knowledge:
         provenance["knowledge"] = knowledge_record(prepared.knowledge)
     provenance["selected"] = adapter.selected()  # hyper-parameters chosen while fitting
+    if made := adapter.fit_provenance():
+        provenance["fit"] = made
     mark_provenance(provenance, method_cls, prepared.config)
     return Fitted(prepared, adapter, fit_end, costs, _extra_costs(adapter), provenance)
 

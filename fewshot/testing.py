@@ -48,6 +48,11 @@ class FakeImages:
     def __len__(self) -> int:
         return len(self.images)
 
+    def derive(self, *, labels: Sequence[int] | None = None, backbone: Backbone | None = None) -> FakeImages:
+        """The same images with other ``labels`` and/or ``backbone``'s transforms."""
+        chosen = self.labels.tolist() if labels is None else list(labels)
+        return FakeImages(self.images, chosen, backbone if backbone is not None else self.backbone)
+
     def loader(
         self,
         batch_size: int,

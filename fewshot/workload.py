@@ -45,6 +45,7 @@ class StepCost:
     # Steps per epoch when they do not follow from the support size and ``batch_size``
     # (SgVA-CLIP's episodes: C // train_way per epoch); None = from the support set.
     steps_per_epoch: int | None = None
+    passes: int = 1  # passes over the support set per epoch (GIST: one per caption of an image)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def fit_work(fit: PlannedFit, data_root: Path | None) -> Work | None:
     classnames = [dspec.classnames[label] for label in classes]
     online = spec.aug_views == 0
     cost = METHODS.get(spec.method).step_cost(fit.config, classnames, online)
-    steps = _steps(fit.config, support, cost.steps_per_epoch)
+    steps = _steps(fit.config, support, cost.steps_per_epoch) * cost.passes
     views = spec.aug_views * support if cost.reads_views and not online else 0
     positions = cost.prompt_repeats * sum(tokens_per_prompt(cost.prompts)) if cost.prompts else 0
     return Work(support, val, views, len(splits.test), steps * cost.images, steps, positions)

@@ -29,6 +29,16 @@ def _matches(entry: dict[str, Any], backbone: str | None, dataset: str | None) -
     return entry.get("backbone") in (backbone, wanted)
 
 
+def _wanted_backbone(backbone: str | None) -> str | None:
+    """The canonical id of a --backbone filter (as stage entries record it)."""
+    if backbone is None:
+        return None
+    try:
+        return BackboneSpec.parse(backbone).id
+    except ConfigError:
+        return backbone
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024:
@@ -41,8 +51,10 @@ def _size(n: float) -> str:
 def cache_ls(
     cache_dir: CacheDirOpt = None, backbone: BackboneFilterOpt = None, dataset: DatasetFilterOpt = None
 ) -> None:
-    """List cached feature entries (optionally of one backbone and/or dataset)."""
+    """List cached feature entries (optionally of one backbone and/or dataset), and count
+    the stage entries (fine-tuned models of methods such as gist)."""
     from fewshot.features import FeatureCache
+    from fewshot.stages import StageCache
 
     cache = FeatureCache(cache_dir)
     entries = [e for e in cache.ls() if _matches(e, backbone, dataset)]
@@ -61,6 +73,15 @@ def cache_ls(
     console.print(table)
     total = sum(float(e.get("size", 0)) for e in entries)
     console.print(f"{len(entries)} entries, {_size(total)}, in {cache.root}", markup=False, soft_wrap=True)
+    stages = [e for e in StageCache(cache.root).ls() if _matches(e, backbone, dataset)]
+    if stages:
+        methods = ", ".join(sorted({str(e["method"]) for e in stages}))
+        size = _size(sum(float(e["size"]) for e in stages))
+        console.print(
+            f"{len(stages)} stage entries ({methods}: fine-tuned models, partial runs), {size}",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 @cache_app.command("clear")
@@ -70,11 +91,14 @@ def cache_clear(
     dataset: DatasetFilterOpt = None,
     yes: Annotated[bool, opt("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Delete cached features (all, or of one backbone and/or dataset)."""
+    """Delete cached features and stage entries (all, or of one backbone and/or dataset)."""
     from fewshot.features import FeatureCache
+    from fewshot.stages import StageCache
 
     cache = FeatureCache(cache_dir)
+    stages = StageCache(cache.root)
     count = sum(_matches(e, backbone, dataset) for e in cache.ls())
+    count += sum(_matches(e, backbone, dataset) for e in stages.ls())
     what = " ".join(f for f in (backbone and f"backbone {backbone}", dataset and f"dataset {dataset}") if f)
     if count == 0:
         console.print(f"Nothing to clear in {cache.root}.", markup=False, soft_wrap=True)
@@ -84,4 +108,6 @@ def cache_clear(
             f"Delete {count} cached entries{' of ' + what if what else ''} under {cache.root}?", abort=True
         )
     removed = cache.clear(backbone=backbone, dataset=dataset)
+    wanted = _wanted_backbone(backbone)
+    removed += stages.clear(backbone=wanted, dataset=dataset)
     console.print(f"Removed {removed} entries from {cache.root}.", markup=False, soft_wrap=True)

@@ -21,8 +21,6 @@ from fewshot.types import ConfigError
 
 __all__ = ["describe_command"]
 
-ANSWERS_DIR = "llm-answers"  # under the cache dir
-
 
 def _default_name(style: str, model: str) -> str:
     model_part = re.sub(r"[^a-z0-9._-]+", "-", model.lower()).strip("-._") or "model"
@@ -76,6 +74,7 @@ def describe_command(
     from fewshot.datasets import get_dataset
     from fewshot.descriptions.files import check_name, save_description_set
     from fewshot.descriptions.generate import (
+        ANSWERS_DIR,
         AnswerCache,
         Endpoint,
         RetryPolicy,

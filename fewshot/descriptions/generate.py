@@ -41,15 +41,20 @@ from fewshot.descriptions.prompts import AnswerError, Style
 from fewshot.types import ConfigError, FewshotError
 
 __all__ = [
+    "ANSWERS_DIR",
     "AnswerCache",
+    "Asker",
     "Endpoint",
     "GenerationError",
     "RetryPolicy",
     "generate_set",
+    "make_client",
     "nearest_classes",
+    "run_all",
 ]
 
 CACHE_FORMAT = 2  # 2: raw answer texts (1 held parsed sentences)
+ANSWERS_DIR = "llm-answers"  # the answer cache's folder under the cache root
 
 
 class GenerationError(FewshotError):
@@ -191,7 +196,7 @@ def _complete(
 
 
 @dataclass
-class _Asker:
+class Asker:
     """Asks one style's questions for one class: cache first, then the endpoint with retries."""
 
     client: Any
@@ -217,15 +222,20 @@ class _Asker:
     def sentences(self, classname: str, neighbours: Sequence[str]) -> tuple[str, ...]:
         out: list[str] = []
         for prompt in self.style.prompts(classname, neighbours):
-            identity = self.identity(classname, prompt)
-            texts = self.cache.get(identity)
-            if texts is None:
-                texts = self._ask(classname, prompt)
-                self.cache.put(identity, texts)
-            out.extend(self._parse(classname, texts))
+            out.extend(self.answer(classname, prompt))
         if not out:
             raise GenerationError(f"Class {classname!r}: every answer was empty; nothing to keep.")
         return tuple(out)
+
+    def answer(self, classname: str, prompt: str) -> list[str]:
+        """The parsed answer to one prompt about ``classname``: from the cache, else asked
+        (with retries) and cached."""
+        identity = self.identity(classname, prompt)
+        texts = self.cache.get(identity)
+        if texts is None:
+            texts = self._ask(classname, prompt)
+            self.cache.put(identity, texts)
+        return self._parse(classname, texts)
 
     def _ask(self, classname: str, prompt: str) -> list[str]:
         for attempt in range(self.retry.attempts):
@@ -327,7 +337,7 @@ def generate_set(
     Classes are asked in parallel (``concurrency`` threads); the first failure stops the
     others from sending more and is raised as a :class:`GenerationError`.
     """
-    asker = _Asker(client or make_client(endpoint), endpoint, style, cache, retry or RetryPolicy())
+    asker = Asker(client or make_client(endpoint), endpoint, style, cache, retry or RetryPolicy())
     near = neighbours or {}
     results: dict[str, tuple[str, ...]] = {}
     with _progress(console) as progress:
@@ -341,13 +351,13 @@ def generate_set(
                 raise
             progress.advance(task)
 
-        _run_all(one, classnames, max(1, concurrency), asker.stop)
+        run_all(one, classnames, max(1, concurrency), asker.stop)
     classes = {c: results[c] for c in classnames}
     provenance = {**_provenance(style, endpoint), **(extra_provenance or {})}
     return DescriptionSet(name, classes, "descriptions", provenance), asker.requests
 
 
-def _run_all(one: Callable[[str], None], items: Sequence[str], workers: int, stop: threading.Event) -> None:
+def run_all(one: Callable[[str], None], items: Sequence[str], workers: int, stop: threading.Event) -> None:
     """Run ``one`` on every item; on the first error (or Ctrl-C) stop the rest and raise it.
 
     Requests already in flight finish (their answers are cached); nothing new is sent.

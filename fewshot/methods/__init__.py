@@ -45,6 +45,7 @@ METHODS.register("kgcoop", "fewshot.methods.kgcoop:KgCoOp", needs="features", no
 METHODS.register("dclip", "fewshot.methods.dclip:DCLIP", needs="features", novel="yes")
 METHODS.register("cupl", "fewshot.methods.cupl:CuPL", needs="features", novel="yes")
 METHODS.register("proapo", "fewshot.methods.proapo:ProAPO", needs="features", novel="yes")
+METHODS.register("gist", "fewshot.methods.gist:Gist", needs="images", novel="no")
 METHODS.register("tip-adapter", "fewshot.methods.tip_adapter:TipAdapter", needs="features", novel="no")
 METHODS.register("tip-adapter-f", "fewshot.methods.tip_adapter_f:TipAdapterF", needs="features", novel="no")
 METHODS.register("sgva-clip", "fewshot.methods.sgva:SgVA", needs="features", novel="yes")

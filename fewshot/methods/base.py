@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -23,6 +23,7 @@ from fewshot.workload import StepCost
 if TYPE_CHECKING:
     from fewshot.backbones import Backbone
     from fewshot.descriptions import DescriptionSet
+    from fewshot.stages import StageCache
 
 __all__ = ["Adapter", "FitContext", "ImageSource", "Needs", "QueryBatch"]
 
@@ -42,6 +43,7 @@ class ImageSource(Protocol):
     ``augment=True`` every pass draws fresh training augmentations (Dassl's random resized
     crop + flip); with ``augment=False`` the test transform is used. ``drop_last`` drops a
     last incomplete batch (Dassl does so for training when the set holds a full batch).
+    :meth:`derive` gives the same images with other labels or another backbone's transforms.
     """
 
     def __len__(self) -> int: ...
@@ -55,6 +57,12 @@ class ImageSource(Protocol):
         generator: torch.Generator | None = None,
         drop_last: bool = False,
     ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def derive(self, *, labels: Sequence[int] | None = None, backbone: Backbone | None = None) -> ImageSource:
+        """The same images with other ``labels`` (e.g. row indices, to know which image a
+        shuffled batch holds) and/or another ``backbone``'s transforms (images for a second
+        model, e.g. a matching backbone)."""
+        ...
 
 
 @dataclass
@@ -92,6 +100,9 @@ class FitContext:
     # the training classes and relabelled (raw features, test transform).
     full_val: FeatureSet | None = None
     test_for_selection: FeatureSet | None = None
+    # Where a long stage of the fit (fine-tuning a backbone) keeps its result and partial
+    # state, so that a rerun resumes it; None: the stage runs uncached (e.g. unit tests).
+    stages: StageCache | None = None
 
     def epochs(self, n: int, description: str = "epochs") -> Iterator[int]:
         """``range(n)`` with a progress bar owned by the harness."""
@@ -184,6 +195,12 @@ class Adapter(abc.ABC):
         """Hyper-parameters the method chose while fitting (on the few-shot val set, or on
         the support set for training-free searches), e.g. ``{"alpha": 0.4}``. JSON-ready
         values; kept in the record's provenance. Default: none."""
+        return {}
+
+    def fit_provenance(self) -> dict[str, Any]:
+        """What the fit made or read that decides its results beyond the config and the
+        knowledge sets, e.g. the digest of fine-tuned weights or where captions came from.
+        JSON-ready values; kept in the record's provenance as ``fit``. Default: none."""
         return {}
 
     def extra_costs(self) -> dict[str, float]:

@@ -1,0 +1,379 @@
+"""GIST: matching, the contrastive loss, caption pairing, captions sources, the resumable
+fine-tuning stage, and records (toy world, a local fake LLM server; no mocks of our code)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewshot.descriptions.captions import load_published_captions, published_lookup, summary_prompt
+from fewshot.methods import _gist_stage
+from fewshot.methods._gist import caption_passes, contrastive_loss, match_top_k, train_probe
+from fewshot.methods.gist import Gist, GistConfig
+from fewshot.stages import StageCache
+from fewshot.sweeps import sweep
+from fewshot.testing import make_fit_context
+from fewshot.types import ConfigError, RunSpec
+from tests._servers import local_server
+
+TINY = {
+    "epochs": 2,
+    "checkpoint_every": 1,
+    "probe_epochs": 15,
+    "num_captions": 2,
+    "batch_size": 8,
+    "lr": 1e-5,
+}
+
+
+# -- matching -----------------------------------------------------------------------------
+
+
+def test_matching_picks_the_planted_description_of_the_image_own_class() -> None:
+    """Image i is planted next to description 2 of its class; a description of another
+    class that is closer still must not be picked (matching looks at the own class only)."""
+    gen = torch.Generator().manual_seed(0)
+    base = F.normalize(torch.randn(8, 16, generator=gen), dim=-1)
+    class_texts = [base[0:4].clone(), base[4:8].clone()]
+    planted = F.normalize(class_texts[1][2] + 0.05 * torch.randn(16, generator=gen), dim=-1)
+    class_texts[0][3] = planted  # class 0 holds an even closer text; image is of class 1
+    picks = match_top_k(planted[None], torch.tensor([1]), class_texts, k=3)
+    assert picks[0][0] == 2
+    # Independent: softmax(100 f t^T) over class 1's texts, sorted.
+    probs = torch.softmax(100 * planted @ F.normalize(class_texts[1], dim=-1).T, dim=-1)
+    assert picks[0] == sorted(range(4), key=lambda j: -float(probs[j]))[:3]
+
+
+def test_matching_keeps_all_descriptions_of_a_class_with_fewer_than_k() -> None:
+    texts = [torch.eye(4)[:2]]
+    assert sorted(match_top_k(torch.eye(4)[:1], torch.tensor([0]), texts, k=5)[0]) == [0, 1]
+
+
+# -- the loss -------------------------------------------------------------------------------
+
+
+def _reference_loss(image: torch.Tensor, text: torch.Tensor, scale: float, groups: list[str] | None) -> float:
+    """CLIP's symmetric InfoNCE written out term by term; pairs of one image (other than the
+    positive) are left out of the denominators."""
+    n = len(image)
+    cos = [[float(F.cosine_similarity(image[i], text[j], dim=0)) for j in range(n)] for i in range(n)]
+
+    def kept(i: int, j: int) -> bool:
+        return groups is None or i == j or groups[i] != groups[j]
+
+    i2t = [
+        -scale * cos[i][i] + math.log(sum(math.exp(scale * cos[i][j]) for j in range(n) if kept(i, j)))
+        for i in range(n)
+    ]
+    t2i = [
+        -scale * cos[j][j] + math.log(sum(math.exp(scale * cos[i][j]) for i in range(n) if kept(i, j)))
+        for j in range(n)
+    ]
+    return 0.5 * (sum(i2t) / n + sum(t2i) / n)
+
+
+@pytest.mark.parametrize("groups", [None, ["a", "b", "a", "c", "b"]])
+def test_contrastive_loss_equals_the_symmetric_infonce_written_out(groups: list[str] | None) -> None:
+    gen = torch.Generator().manual_seed(1)
+    image, text = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen)
+    got = float(contrastive_loss(image, text, torch.tensor(7.0), groups))
+    assert got == pytest.approx(_reference_loss(image, text, 7.0, groups), rel=1e-5)
+
+
+def test_an_epoch_pairs_every_image_with_each_caption_once_and_never_twice_in_a_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Record the batches of a real fit: each image appears once per batch, with the mask
+    groups given, and an epoch uses every (image, caption) pair exactly once."""
+    ctx = make_fit_context(classes=(0, 1, 2), shots=4)
+    seen: list[list[str]] = []
+    original = _gist_stage.contrastive_loss
+
+    def record(
+        image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, groups: Any = None
+    ) -> torch.Tensor:
+        assert groups is not None
+        seen.append(list(groups))
+        return original(image, text, scale, groups)
+
+    monkeypatch.setattr(_gist_stage, "contrastive_loss", record)
+    texts_used: list[str] = []
+    real_tokenize = ctx.backbone.tokenize
+    monkeypatch.setattr(
+        ctx.backbone, "tokenize", lambda texts: (texts_used.extend(texts), real_tokenize(texts))[1]
+    )
+    Gist(GistConfig(descriptions="toy", **{**TINY, "epochs": 1, "num_captions": 3})).fit(ctx)
+    assert all(len(batch) == len(set(batch)) for batch in seen)
+    assert sum(len(b) for b in seen) == 3 * len(ctx.train)
+    training = [t for t in texts_used if t.split(":")[0] in ctx.classnames]  # not the matching's
+    assert len(training) == 3 * len(ctx.train)
+
+
+def test_caption_passes_give_each_image_distinct_captions_within_an_epoch() -> None:
+    plan = caption_passes([4, 4, 2], passes=4, generator=torch.Generator().manual_seed(0))
+    assert sorted(row[0] for row in plan) == [0, 1, 2, 3]
+    assert sorted(row[1] for row in plan) == [0, 1, 2, 3]
+    assert [row[2] for row in plan][:2] == [row[2] for row in plan][2:]  # 2 captions, reused in order
+
+
+# -- the probe ------------------------------------------------------------------------------
+
+
+def test_probe_keeps_the_best_val_epoch_later_epochs_winning_ties() -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(30, 4, generator=gen)
+    y = (x[:, 0] > 0).long()
+    result = train_probe((x, y), (x, y), 2, lr=0.5, epochs=40, batch_size=64, generator=gen)
+    assert result.val_accuracy >= 90.0
+    layer = torch.nn.Linear(4, 2)
+    layer.load_state_dict(result.state)
+    assert float((layer(x).argmax(-1) == y).float().mean() * 100) == pytest.approx(result.val_accuracy)
+
+
+# -- the stage: cached and resumable --------------------------------------------------------
+
+
+class _Stop(Exception):
+    pass
+
+
+def _progress_stopping_at(stop_at: int | None, calls: list[int]) -> Any:
+    def progress(n: int, what: str) -> Iterator[int]:
+        for i in range(n):
+            if stop_at is not None and i == stop_at:
+                raise _Stop
+            calls.append(i)
+            yield i
+
+    return progress
+
+
+def _fit(tmp_path: Path, stop_at: int | None = None, calls: list[int] | None = None) -> Gist:
+    ctx = make_fit_context(classes=(0, 1), shots=3)
+    ctx.stages = StageCache(tmp_path)
+    ctx.progress = _progress_stopping_at(stop_at, calls if calls is not None else [])
+    gist = Gist(GistConfig(descriptions="toy", **{**TINY, "epochs": 4, "checkpoint_every": 2}))
+    gist.fit(ctx)
+    return gist
+
+
+def test_an_interrupted_finetune_resumes_and_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
+    straight = _fit(tmp_path / "a")
+    assert straight.fit_provenance()["stage"] == "computed"
+    with pytest.raises(_Stop):
+        _fit(tmp_path / "b", stop_at=3)  # after epoch 3: the checkpoint of epoch 2 is saved
+    calls: list[int] = []
+    resumed = _fit(tmp_path / "b", calls=calls)
+    assert resumed.fit_provenance()["stage"] == "resumed"
+    assert calls == [0, 1]  # epochs 3 and 4 only
+    assert resumed.fit_provenance()["finetuned_digest"] == straight.fit_provenance()["finetuned_digest"]
+    assert resumed.selected() == straight.selected()
+    cached_calls: list[int] = []
+    cached = _fit(tmp_path / "b", calls=cached_calls)
+    assert cached.fit_provenance()["stage"] == "cached" and cached_calls == []
+    assert cached.fit_provenance()["finetuned_digest"] == straight.fit_provenance()["finetuned_digest"]
+    assert len(StageCache(tmp_path / "b").ls()) == 1  # the partial entry was dropped
+
+
+def test_the_finetuned_model_changes_and_the_frozen_backbone_does_not(tmp_path: Path) -> None:
+    from fewshot.backbones import state_dict_digest
+
+    ctx = make_fit_context(classes=(0, 1), shots=3)
+    before = state_dict_digest(ctx.backbone.model)
+    gist = Gist(GistConfig(descriptions="toy", **TINY))
+    gist.fit(ctx)
+    assert state_dict_digest(ctx.backbone.model) == before
+    assert gist.fit_provenance()["finetuned_digest"] != before
+    assert gist.selected()["epoch"] in (1, 2)
+
+
+# -- caption sources ----------------------------------------------------------------------
+
+
+def test_published_captions_are_matched_by_path_suffix(tmp_path: Path) -> None:
+    file = tmp_path / "captions_top5.json"
+    file.write_text(json.dumps({"001.Bird/a.jpg": ["x1", "x2"], "b.jpg": ["y1"]}))
+    captions = load_published_captions(file)
+    assert published_lookup(captions, "cub/images/001.Bird/a.jpg") == ["x1", "x2"]
+    assert published_lookup(captions, "jpg/b.jpg") == ["y1"]
+    assert published_lookup(captions, "jpg/ab.jpg") is None  # a folder boundary, not any suffix
+
+
+def test_a_published_file_covers_some_images_and_the_rest_keep_matched_descriptions(tmp_path: Path) -> None:
+    ctx = make_fit_context(classes=(0, 1), shots=2)
+    first = ctx.train.ids[0]
+    file = tmp_path / "captions_top5.json"
+    file.write_text(json.dumps({first.split("/", 1)[-1]: ["a published caption", "another one"]}))
+    gist = Gist(GistConfig(descriptions="toy", captions_file=str(file), **{**TINY, "epochs": 1}))
+    gist.fit(ctx)
+    made = gist.fit_provenance()["captions"]
+    assert made["source"] == "published" and made["covered"] == 1
+    assert made["matched_fallback"] == len(ctx.train) - 1 and len(made["sha256"]) == 64
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [("[1, 2]", "JSON object"), ('{"a.jpg": []}', "non-empty list"), ("{", "not valid JSON")],
+)
+def test_a_bad_captions_file_is_one_clear_error(tmp_path: Path, content: str, problem: str) -> None:
+    file = tmp_path / "c.json"
+    file.write_text(content)
+    with pytest.raises(ConfigError, match=problem):
+        load_published_captions(file)
+
+
+class _Summariser(BaseHTTPRequestHandler):
+    server: Any
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        with self.server.lock:
+            self.server.prompts.append(prompt)
+        count = sum(1 for line in prompt.splitlines() if line[:1].isdigit())
+        content = "\n".join(f"- short caption {i}" for i in range(count))
+        data = json.dumps(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_llm_captions_come_from_the_endpoint_and_are_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("openai")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with local_server(monkeypatch, _Summariser) as server:
+        server.prompts, server.lock = [], threading.Lock()  # type: ignore[attr-defined]
+        url = f"http://127.0.0.1:{server.server_port}/v1"
+        config = GistConfig(
+            descriptions="toy", llm_base_url=url, llm_model="tiny-llm", **{**TINY, "epochs": 1}
+        )
+        for _ in range(2):
+            ctx = make_fit_context(classes=(0, 1), shots=2)
+            ctx.stages = StageCache(tmp_path)
+            gist = Gist(config)
+            gist.fit(ctx)
+        made = gist.fit_provenance()
+    port = server.server_port
+    assert made["captions"] == {
+        "source": "llm",
+        "model": "tiny-llm",
+        "host": f"127.0.0.1:{port}",
+        "path": "/v1",
+    }
+    assert len(server.prompts) == len(ctx.train)  # type: ignore[attr-defined]  # the second fit asked nothing
+    assert made["llm_requests"] == 0
+    classname = ctx.classnames[0].replace("_", " ")
+    assert any(classname in p for p in server.prompts)  # type: ignore[attr-defined]
+
+
+def test_summary_prompt_numbers_the_descriptions() -> None:
+    prompt = summary_prompt("red_circle", ["one", "two"])
+    assert "1. one\n2. two" in prompt and "a red circle" in prompt and "exactly 2 lines" in prompt
+
+
+def test_bad_settings_are_one_clear_error() -> None:
+    with pytest.raises(ConfigError, match="captions_file"):
+        GistConfig(captions="published")
+    with pytest.raises(ConfigError, match="llm_base_url"):
+        GistConfig(captions="llm")
+    with pytest.raises(ConfigError, match="trainable"):
+        GistConfig(trainable="head")
+
+
+# -- records --------------------------------------------------------------------------------
+
+
+def test_records_carry_the_set_hash_caption_source_and_finetuned_digest(tmp_path: Path) -> None:
+    """A run through the harness, under base-to-novel: novel is n/a (a probe), the record
+    names the description set, the captions and the fine-tuned weights, and the feature
+    cache holds only features of the frozen backbone."""
+    from fewshot.backbones import load_backbone
+    from fewshot.features import FeatureCache
+
+    cache = FeatureCache(tmp_path / "cache")
+    overrides = tuple((k, str(v)) for k, v in TINY.items())
+    spec = RunSpec("gist", "toy-shapes", shots=2, seed=1, protocol="base2novel", overrides=overrides)
+    (result,) = sweep([spec], results_dir=tmp_path / "runs", cache=cache)
+    assert result.ok, result.error
+    assert result.metrics["novel"] is None and 0 <= result.metrics["base"] <= 100
+    prov = result.provenance
+    assert prov["fit"]["captions"] == {"source": "matched"}
+    assert len(prov["fit"]["finetuned_digest"]) == 64
+    assert prov["knowledge"]["descriptions"]["name"] == "toy" and prov["knowledge"]["descriptions"]["hash"]
+    frozen = load_backbone("toy").weights_digest
+    keys = [json.loads(p.read_text())["key"] for p in (tmp_path / "cache" / "features").rglob("*.json")]
+    assert keys and all(k["weights_digest"] == frozen for k in keys)
+    assert prov["fit"]["finetuned_digest"] != frozen
+    assert len(StageCache(tmp_path / "cache").ls()) == 1
+
+
+def test_cache_commands_count_and_clear_stage_entries(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fewshot.cli import app
+
+    stages = StageCache(tmp_path)
+    for dataset in ("toy-shapes", "toy-colors"):
+        key = {"method": "gist", "stage": "finetune", "dataset": dataset, "backbone": "toy"}
+        stages.save(key, {"w": torch.zeros(2)})
+    runner = CliRunner()
+    listing = runner.invoke(app, ["cache", "ls", "--cache-dir", str(tmp_path)])
+    assert listing.exit_code == 0 and "2 stage entries (gist" in listing.output
+    done = runner.invoke(
+        app, ["cache", "clear", "--cache-dir", str(tmp_path), "--dataset", "toy-colors", "--yes"]
+    )
+    assert done.exit_code == 0 and "Removed 1 entries" in done.output
+    assert [e["dataset"] for e in StageCache(tmp_path).ls()] == ["toy-shapes"]
+
+
+def test_a_damaged_stage_entry_is_ignored_not_trusted(tmp_path: Path) -> None:
+    stages = StageCache(tmp_path)
+    key = {"method": "gist", "dataset": "toy-shapes", "backbone": "toy"}
+    stages.save(key, {"w": torch.ones(3)})
+    assert torch.equal(stages.load(key)["w"], torch.ones(3))  # type: ignore[index]
+    stages.path(key).write_bytes(b"truncated")
+    assert stages.load(key) is None
+    assert stages.load({**key, "dataset": "toy-colors"}) is None
+
+
+def test_without_a_description_set_each_image_trains_on_its_class_prompt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ctx = make_fit_context(classes=(0, 1), shots=2)
+    seen: list[str] = []
+    real = ctx.backbone.tokenize
+    monkeypatch.setattr(ctx.backbone, "tokenize", lambda texts: (seen.extend(texts), real(texts))[1])
+    gist = Gist(GistConfig(descriptions="", **{**TINY, "epochs": 1}))
+    gist.fit(ctx)
+    assert gist.fit_provenance()["captions"] == {"source": "class-name"}
+    assert set(seen) == {ctx.template.format(name) for name in ctx.classnames}
