@@ -291,7 +291,7 @@ def test_llm_captions_come_from_the_endpoint_and_are_cached(
         "path": "/v1",
     }
     assert len(server.prompts) == len(ctx.train)  # type: ignore[attr-defined]  # the second fit asked nothing
-    assert made["llm_requests"] == 0
+    assert gist.extra_costs() == {"llm_requests": 0.0}
     classname = ctx.classnames[0].replace("_", " ")
     assert any(classname in p for p in server.prompts)  # type: ignore[attr-defined]
 
@@ -377,3 +377,15 @@ def test_without_a_description_set_each_image_trains_on_its_class_prompt(
     gist.fit(ctx)
     assert gist.fit_provenance()["captions"] == {"source": "class-name"}
     assert set(seen) == {ctx.template.format(name) for name in ctx.classnames}
+
+
+def test_gist_beats_the_probe_it_is_built_on(tmp_path: Path, feature_cache: Any) -> None:
+    """Fine-tuning on matched captions beats the same probe on the frozen features
+    (``epochs=0``) on toy-colors, 4 shots, seed 1 (toy preset; measured 77 vs 49)."""
+    specs = [
+        RunSpec("gist", "toy-colors", shots=4, seed=1, overrides=overrides)
+        for overrides in ((), (("epochs", "0"),))
+    ]
+    tuned, frozen = sweep(specs, results_dir=tmp_path, cache=feature_cache)
+    assert tuned.ok and frozen.ok, (tuned.error, frozen.error)
+    assert tuned.metrics["all"] > frozen.metrics["all"] + 5.0

@@ -172,7 +172,7 @@ class GistConfig(AdapterConfig):
 TOY_PRESET: dict[str, Any] = {
     "epochs": 10,
     "checkpoint_every": 5,
-    "lr": 1e-5,
+    "lr": 3e-4,
     "batch_size": 32,
     "probe_epochs": 300,
 }
@@ -198,6 +198,7 @@ class Gist(Adapter):
         self.made: dict[str, Any] = {}
         self.chosen: dict[str, Any] = {}
         self.trained = 0
+        self.requests = 0  # HTTP requests sent for LLM captions
 
     @classmethod
     def step_cost(cls, config: Any, classnames: list[str], online: bool) -> StepCost:
@@ -233,9 +234,7 @@ class Gist(Adapter):
             from fewshot.backbones import load_backbone
 
             backbone = load_backbone(self.config.match_backbone, ctx.device)
-            features = _encode_all(
-                backbone, ctx.train_images.derive(backbone=backbone), backbone.encode_images
-            )
+            features = _encode_all(backbone, ctx.train_images.derive(backbone=backbone))
         class_texts = [backbone.encode_texts(texts) for texts in per_class]
         picks = match_top_k(features.to(backbone.device), ctx.train.labels, class_texts, self.config.top_k)
         self.made["match_backbone"] = backbone.id
@@ -258,13 +257,13 @@ class Gist(Adapter):
         from fewshot.descriptions.captions import summarise
         from fewshot.descriptions.generate import AnswerCache, Endpoint
 
-        key = os.environ.get("OPENAI_API_KEY", "")
-        if not key:
+        api_key = os.environ.get("OPENAI_API_KEY", "")
+        if not api_key:
             raise ConfigError(
                 "gist captions=llm needs an API key in $OPENAI_API_KEY "
                 "(any text for a local server that needs none)."
             )
-        endpoint = Endpoint(self.config.llm_base_url, self.config.llm_model, key)
+        endpoint = Endpoint(self.config.llm_base_url, self.config.llm_model, api_key)
         cache = AnswerCache(_answers_root(ctx.stages))
         requests = {
             f"{i}:{path}": (ctx.classnames[label], tuple(texts))
@@ -280,7 +279,7 @@ class Gist(Adapter):
             "host": endpoint.host,
             "path": path,
         }
-        self.made["llm_requests"] = sent
+        self.requests = sent
         return [answers[key] for key in requests]
 
     def _published_captions(self, ctx: FitContext, matched: list[list[str]]) -> list[list[str]]:
@@ -361,6 +360,10 @@ class Gist(Adapter):
         the fine-tuning stage ran, resumed or came from the stage cache."""
         return dict(self.made)
 
+    def extra_costs(self) -> dict[str, float]:
+        """HTTP requests sent to the LLM endpoint for captions (0 when all were cached)."""
+        return {"llm_requests": float(self.requests)} if self.config.source() == "llm" else {}
+
     def trainable_parameters(self) -> int:
         """The fine-tuned parameters plus the probe's."""
         probe = 0 if self.probe is None else sum(p.numel() for p in self.probe.parameters())
@@ -394,8 +397,9 @@ def _answers_root(stages: StageCache | None) -> Path:
     return root / ANSWERS_DIR
 
 
-def _encode_all(backbone: Backbone, images: Any, encode: Any) -> torch.Tensor:
-    """Features of every image of a source, in order (test transform)."""
+def _encode_all(backbone: Backbone, images: Any) -> torch.Tensor:
+    """``backbone``'s features of every image of a source, in order (test transform)."""
+    encode = backbone.encode_images
     rows = [
         encode(batch.to(backbone.device)).float()
         for batch, _ in images.loader(64, augment=False, shuffle=False)
