@@ -389,3 +389,60 @@ def test_gist_beats_the_probe_it_is_built_on(tmp_path: Path, feature_cache: Any)
     tuned, frozen = sweep(specs, results_dir=tmp_path, cache=feature_cache)
     assert tuned.ok and frozen.ok, (tuned.error, frozen.error)
     assert tuned.metrics["all"] > frozen.metrics["all"] + 5.0
+
+
+def test_a_second_matching_backbone_sees_the_images_through_its_own_transforms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``match_backbone`` loads another backbone (here the toy weights as a local
+    checkpoint of a registered architecture: a different id, other preprocessing) and
+    matches with its features of the support images."""
+    import open_clip.factory
+    from safetensors.torch import save_file
+
+    from fewshot.backbones import clear_backbone_cache, load_backbone
+    from fewshot.toyworld import TOY_MODEL_DIR
+
+    config = json.loads((Path(TOY_MODEL_DIR) / "open_clip_config.json").read_text())
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "toy-arch", config["model_cfg"])
+    weights = tmp_path / "toy.safetensors"
+    save_file({k: v.contiguous() for k, v in load_backbone("toy").model.state_dict().items()}, str(weights))
+    other = f"toy-arch:{weights}"
+    ctx = make_fit_context(classes=(0, 1), shots=2)
+    gist = Gist(GistConfig(descriptions="toy", match_backbone=other, **{**TINY, "epochs": 0}))
+    try:
+        gist.fit(ctx)
+        second = load_backbone(other)
+        assert second.mean != ctx.backbone.mean  # open_clip's default normalisation, not the toy's
+        assert gist.fit_provenance()["match_backbone"] == second.id
+        # Independently: the second backbone's preprocessing of the PIL images, its text
+        # features of the class's descriptions, softmax(100 f t^T), the top 5.
+        assert ctx.descriptions is not None
+        per_class = [list(t) for t in ctx.descriptions.sentences(ctx.classnames)]
+        pixels = torch.stack([second.preprocess(im) for im in ctx.train_images.images])  # type: ignore[attr-defined]
+        feats = F.normalize(second.encode_images(pixels), dim=-1)
+        expected = []
+        for f, label in zip(feats, ctx.train.labels.tolist(), strict=True):
+            probs = (100 * f @ second.encode_texts(per_class[label]).T).softmax(-1)
+            expected.append([per_class[label][j] for j in probs.argsort(descending=True)[:5].tolist()])
+        assert gist._match(ctx, per_class) == expected
+        _check_subset_images_derive(second)
+    finally:
+        clear_backbone_cache()
+
+
+def _check_subset_images_derive(second: Any) -> None:
+    """The harness's image source, derived: other labels, the other backbone's transform,
+    and what it serves counted as its parent's."""
+    from fewshot.backbones import load_backbone
+    from fewshot.datasets import get_dataset
+    from fewshot.encoding import SubsetImages
+
+    data = get_dataset("toy-shapes")
+    items = list(data.splits().train.items[:3])
+    source = SubsetImages(data, items, load_backbone("toy"), {it.label: it.label for it in items})
+    derived = source.derive(labels=[7, 8, 9], backbone=second)
+    images, labels = next(iter(derived.loader(8, augment=False, shuffle=False)))
+    expected = torch.stack([second.preprocess(data.load_image(it).convert("RGB")) for it in items])
+    assert torch.allclose(images, expected) and labels.tolist() == [7, 8, 9]
+    assert derived.served == 3 and source.served == 3
