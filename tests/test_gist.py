@@ -446,3 +446,14 @@ def _check_subset_images_derive(second: Any) -> None:
     expected = torch.stack([second.preprocess(data.load_image(it).convert("RGB")) for it in items])
     assert torch.allclose(images, expected) and labels.tolist() == [7, 8, 9]
     assert derived.served == 3 and source.served == 3
+
+
+def test_the_paper_matching_backbone_is_gist_vit_b32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``match_backbone=paper`` asks for GIST's ViT-B-32 laion2b_s34b_b79k (no weights here:
+    the error names it)."""
+    from fewshot.types import FewshotError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ctx = make_fit_context(classes=(0, 1), shots=2)
+    with pytest.raises(FewshotError, match="ViT-B-32:laion2b_s34b_b79k"):
+        Gist(GistConfig(descriptions="toy", match_backbone="paper", epochs=0)).fit(ctx)

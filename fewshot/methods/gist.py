@@ -13,7 +13,8 @@ The pipeline, one fit:
    own class (the run's description set): softmax(100 · f·tᵀ) over them on L2-normalised
    features, test transform, descriptions encoded as written; the ``top_k`` (5) best kept.
    The matching backbone is a setting (``match_backbone``; default: the run's backbone, whose
-   support features are already in the feature cache; GIST's is ``ViT-B-32:laion2b_s34b_b79k``).
+   support features are already in the feature cache; ``paper`` for parity runs: GIST's
+   ``ViT-B-32:laion2b_s34b_b79k``).
 2. *Captions* (:mod:`fewshot.descriptions.captions`), a named source recorded in the record
    (``fit.captions``): ``matched`` (the matched descriptions used as captions directly),
    ``llm`` (each image's matched descriptions shortened by an LLM behind an OpenAI-compatible
@@ -105,7 +106,7 @@ class GistConfig(AdapterConfig):
     """GIST settings (defaults: the official scripts; see the module docstring)."""
 
     descriptions: str = ""  # the long descriptions to match (a description set name)
-    match_backbone: str = ""  # "" = the run's backbone; GIST: ViT-B-32:laion2b_s34b_b79k
+    match_backbone: str = ""  # "" = the run's backbone; "paper" = GIST's ViT-B-32:laion2b_s34b_b79k
     top_k: int = 5  # matched descriptions kept per image
     captions: str = "auto"  # auto | matched | llm | published
     captions_file: str = ""  # published: a captions_top5.json (image path -> captions)
@@ -230,10 +231,11 @@ class Gist(Adapter):
     def _match(self, ctx: FitContext, per_class: list[list[str]]) -> list[list[str]]:
         """Each support image's ``top_k`` descriptions of its own class, best first."""
         backbone, features = ctx.backbone, ctx.train.features
-        if self.config.match_backbone and self.config.match_backbone != ctx.backbone.id:
+        wanted = PAPER_MATCH_BACKBONE if self.config.match_backbone == "paper" else self.config.match_backbone
+        if wanted and wanted != ctx.backbone.id:
             from fewshot.backbones import load_backbone
 
-            backbone = load_backbone(self.config.match_backbone, ctx.device)
+            backbone = load_backbone(wanted, ctx.device)
             features = _encode_all(backbone, ctx.train_images.derive(backbone=backbone))
         class_texts = [backbone.encode_texts(texts) for texts in per_class]
         picks = match_top_k(features.to(backbone.device), ctx.train.labels, class_texts, self.config.top_k)
