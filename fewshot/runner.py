@@ -40,6 +40,7 @@ import torch
 from fewshot.codeid import code_digest
 from fewshot.descriptions.wiring import knowledge_record, load_knowledge
 from fewshot.precision import AutocastFactory, autocast_for
+from fewshot.stages import StageCache
 from fewshot.types import (
     AdapterConfig,
     FeatureSet,
@@ -215,7 +216,6 @@ def _fit_context(
     """The support and val subsets as features and images; no test data."""
     from fewshot.encoding import SubsetImages, encode_items
     from fewshot.methods.base import FitContext
-    from fewshot.stages import StageCache
 
     dspec = dataset.spec()
     relabel = task.train_space.relabel()
