@@ -57,8 +57,9 @@ not read. With p_drop = 0, k = 0 and no weights, ``desco`` before its first step
 same logits as ``desco-zs`` with the same prefix (tests/test_desco.py).
 
 Description sets. The method is designed for descriptions written with their confusable
-classes in view: ``fewshot describe --style confusion-aware`` generates such a set, used with
-``--set descriptions=NAME``. By default the preset reads the toy world's ``toy`` set on toy
+classes in view: ``fewshot describe DATASET --base-url URL --model MODEL --style
+confusion-aware`` generates such a set (named ``confusion-aware-MODEL`` by default), used with
+``--set desco.descriptions=NAME``. By default the preset reads the toy world's ``toy`` set on toy
 datasets and the published DCLIP descriptors (``dclip``) elsewhere, which exist for every
 dataset without an LLM endpoint.
 
