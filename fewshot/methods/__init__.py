@@ -52,6 +52,8 @@ METHODS.register("sgva-clip", "fewshot.methods.sgva:SgVA", needs="features", nov
 METHODS.register("clip-adapter", "fewshot.methods.clip_adapter:ClipAdapter", needs="features", novel="yes")
 METHODS.register("clap", "fewshot.methods.clap:Clap", needs="features", novel="no")
 METHODS.register("lp++", "fewshot.methods.lp_plus_plus:LPPlusPlus", needs="features", novel="no")
+METHODS.register("desco", "fewshot.methods.desco:DesCo", needs="features", novel="yes")
+METHODS.register("desco-zs", "fewshot.methods.desco:DesCoZS", needs="features", novel="yes")
 
 
 def get_method(name: str) -> type[Adapter]:
