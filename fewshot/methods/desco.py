@@ -1,9 +1,9 @@
 """DesCo, adapted to few-shot classification: description queries with name dropout and
 confusable negatives (``desco``), and its training-free form (``desco-zs``).
 
-This is an ADAPTATION, not a reproduction. Paper: Li, Dou, Peng, Chang, Ma, Dong, Zhang,
-Wang, Yang, "DesCo: Learning Object Recognition with Rich Language Descriptions", NeurIPS
-2023 (arXiv 2306.14060). Official code: https://github.com/liunian-harold-li/DesCo, commit
+This is an ADAPTATION, not a reproduction. Paper: Li et al., "DesCo: Learning Object
+Recognition with Rich Language Descriptions", NeurIPS 2023 (arXiv 2306.14060). Official
+code: https://github.com/liunian-harold-li/DesCo, commit
 13b7793647d22b5ea2c36c64e3ba6cc761e04497 (files read:
 ``maskrcnn_benchmark/data/datasets/_caption_aug.py``, ``maskrcnn_benchmark/data/datasets/parse_gpt.py``).
 DesCo trains the GLIP and FIBER *detectors* on grounding data; it has no CLIP classification
