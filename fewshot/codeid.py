@@ -43,6 +43,8 @@ HARNESS_EPOCH = 2
 _SKIPPED = ("builtins", "abc", "fewshot.methods.base", "typing")
 # The modules of fewshot.descriptions that load, match and hand over sets (the toy sets too).
 DESCRIPTION_MODULES = tuple(f"fewshot.descriptions{m}" for m in ("", ".sets", ".files", ".toy", ".wiring"))
+# Modules that make a method's training texts (GIST's captions): covered where imported.
+TEXT_MODULES = ("fewshot.descriptions.captions",)
 
 
 def normalized_source(text: str) -> str:
@@ -131,7 +133,7 @@ def _imported_modules(path: str, package: str) -> list[str]:
 
 def _toolkit_file(name: str) -> str | None:
     """The source file of module ``name`` if it belongs to the method toolkit, else None."""
-    toolkit = name in ("fewshot.prompting", *DESCRIPTION_MODULES) or (
+    toolkit = name in ("fewshot.prompting", *DESCRIPTION_MODULES, *TEXT_MODULES) or (
         name.startswith(("fewshot.prompting.", "fewshot.methods.")) and name != "fewshot.methods.base"
     )
     if not toolkit:

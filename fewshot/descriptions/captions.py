@@ -7,8 +7,11 @@ the run's record (``fit.captions``):
   highest for this image) are the captions themselves, unshortened. No LLM is needed.
 - ``llm``: the matched descriptions are shortened by an LLM behind an OpenAI-compatible
   chat-completions endpoint, with the client, answer cache and retries of
-  ``fewshot describe``. One request per image; the prompt is ours (:data:`SUMMARY_PROMPT`:
-  the GIST authors released their captions but not the code or prompt that wrote them).
+  ``fewshot describe``. One request per distinct prompt (images of a class with the same
+  matched descriptions share one); the prompt is ours (:data:`SUMMARY_PROMPT`: the GIST
+  authors released their captions but not the code or prompt that wrote them). An answer
+  that does not hold one caption per description leaves that image its matched
+  descriptions, and the record counts such images.
 - ``published``: a released captions file in GIST's ``captions_top5.json`` layout, a JSON
   object mapping an image path (relative to the dataset's image folder) to its list of
   captions, best match first. A support image whose path ends with a key takes that
@@ -55,12 +58,15 @@ def summary_prompt(classname: str, descriptions: Sequence[str]) -> str:
     )
 
 
-def _parse_exactly(count: int) -> Any:
+def _parse_captions(count: int) -> Any:
+    """A parser that keeps an answer of exactly ``count`` bulleted captions, else nothing."""
+
     def parse(text: str) -> list[str]:
-        captions = parse_bullets(text)
-        if len(captions) != count:
-            raise AnswerError(f"expected {count} captions, got {len(captions)}")
-        return captions
+        try:
+            captions = parse_bullets(text)
+        except AnswerError:
+            return []
+        return captions if len(captions) == count else []
 
     return parse
 
@@ -73,28 +79,39 @@ def summarise(
     concurrency: int = 4,
     retry: RetryPolicy | None = None,
     client: Any = None,
-) -> tuple[dict[str, list[str]], int]:
+) -> tuple[dict[str, list[str] | None], int]:
     """Shortened captions per image, and the number of HTTP requests sent.
 
-    ``requests`` maps an image id to ``(classname, matched descriptions)``; every image
-    gets as many captions as it has descriptions. Answers are cached (keyed by model,
-    endpoint, prompt), so a rerun asks only for images not answered yet.
+    ``requests`` maps an image id to ``(classname, matched descriptions)``; an image gets
+    one caption per description, or None when the answer did not hold exactly that many
+    (the caller then keeps its matched descriptions). Images with the same prompt share one
+    request. Answers are cached (keyed by model, endpoint, prompt), so a rerun asks only
+    what is not cached; without an API key, only cached answers can be read.
     """
-    counts = {len(texts) for _, texts in requests.values()}
-    out: dict[str, list[str]] = {}
+    prompts = {key: summary_prompt(name, texts) for key, (name, texts) in requests.items()}
+    unique: dict[str, tuple[str, int]] = {}
+    for key, (name, texts) in requests.items():
+        unique.setdefault(prompts[key], (name, len(texts)))
+    answers: dict[str, list[str]] = {}
     sent = 0
-    for count in sorted(counts):  # one parser per caption count (usually a single one)
-        style = Style("gist-summary", "{question}", (), _parse_exactly(count), dict(SUMMARY_SAMPLING))
-        asker = Asker(client or make_client(endpoint), endpoint, style, cache, retry or RetryPolicy())
-        ids = [key for key, (_, texts) in requests.items() if len(texts) == count]
+    for count in sorted({n for _, n in unique.values()}):  # one parser per caption count
+        style = Style("gist-summary", "{question}", (), _parse_captions(count), dict(SUMMARY_SAMPLING))
+        asker = Asker(client, endpoint, style, cache, retry or RetryPolicy())
+        todo = [prompt for prompt, (_, n) in unique.items() if n == count]
+        if any(cache.get(asker.identity(unique[p][0], p)) is None for p in todo):
+            if not endpoint.api_key:
+                raise ConfigError(
+                    "gist captions=llm has answers to ask for and no API key: set $OPENAI_API_KEY "
+                    "(any text for a local server that needs none)."
+                )
+            asker.client = client or make_client(endpoint)
 
-        def one(key: str, asker: Asker = asker) -> None:
-            classname, texts = requests[key]
-            out[key] = asker.answer(classname, summary_prompt(classname, texts))
+        def one(prompt: str, asker: Asker = asker) -> None:
+            answers[prompt] = asker.answer(unique[prompt][0], prompt)
 
-        run_all(one, ids, max(1, concurrency), asker.stop)
+        run_all(one, todo, max(1, concurrency), asker.stop)
         sent += asker.requests
-    return out, sent
+    return {key: answers[prompts[key]] or None for key in requests}, sent
 
 
 def load_published_captions(path: str | Path) -> dict[str, list[str]]:
@@ -116,7 +133,15 @@ def load_published_captions(path: str | Path) -> dict[str, list[str]]:
             raise ConfigError(
                 f"The captions file {path}: entry {key!r} must be a non-empty list of captions (strings)."
             )
-    return {str(key).replace("\\", "/").lstrip("./"): list(value) for key, value in data.items()}
+    return {_clean(str(key)): list(value) for key, value in data.items()}
+
+
+def _clean(path: str) -> str:
+    """A key as a relative path with forward slashes (no leading "./" or "/")."""
+    path = path.replace("\\", "/")
+    while path.startswith("./"):
+        path = path[2:]
+    return path.lstrip("/")
 
 
 def published_lookup(captions: Mapping[str, list[str]], image_path: str) -> list[str] | None:

@@ -46,27 +46,38 @@ def match_top_k(
     return out
 
 
-def same_group_mask(groups: Sequence[str]) -> torch.Tensor:
-    """(B, B) bool: True where two different rows show the same image (same group)."""
-    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
-    ids = torch.tensor([index[g] for g in groups])
-    mask = ids[:, None] == ids[None, :]
+def same_group_mask(*keys: Sequence[str]) -> torch.Tensor:
+    """(B, B) bool: True where two different rows share a value of any of ``keys`` (each a
+    sequence of B strings, e.g. the rows' image ids and their caption texts)."""
+    mask = torch.zeros(len(keys[0]), len(keys[0]), dtype=torch.bool)
+    for values in keys:
+        index = {g: i for i, g in enumerate(dict.fromkeys(values))}
+        ids = torch.tensor([index[g] for g in values])
+        mask |= ids[:, None] == ids[None, :]
     mask.fill_diagonal_(False)
     return mask
 
 
 def contrastive_loss(
-    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, groups: Sequence[str] | None = None
+    image: torch.Tensor,
+    text: torch.Tensor,
+    logit_scale: torch.Tensor,
+    groups: Sequence[str] | None = None,
+    texts: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Mean of the image->text and text->image cross-entropies of the pairs (row i of
-    ``image`` with row i of ``text``), on ``logit_scale`` · cosine logits. With ``groups``
-    (one image id per row), a caption of the same image as row i is not a negative of row i
-    (its logit is masked out), and vice versa."""
+    ``image`` with row i of ``text``), on ``logit_scale`` · cosine logits. Pairs that are
+    not true negatives of row i are masked out of its terms (both directions): with
+    ``groups`` (one image id per row), the other captions of the same image; with ``texts``
+    (the caption strings), the rows whose caption is the same string as row i's (another
+    image of the class with the same caption, which would otherwise be row i's positive
+    and a negative at once)."""
     image = F.normalize(image.float(), dim=-1)
     text = F.normalize(text.float(), dim=-1)
     logits = logit_scale.float() * image @ text.t()
-    if groups is not None:
-        logits = logits.masked_fill(same_group_mask(groups).to(logits.device), float("-inf"))
+    keys = [k for k in (groups, texts) if k is not None]
+    if keys:
+        logits = logits.masked_fill(same_group_mask(*keys).to(logits.device), float("-inf"))
     target = torch.arange(len(image), device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
@@ -106,6 +117,22 @@ def train_probe(
     """GIST's linear_probe.py: ``nn.Linear`` (bias) on raw features, cross-entropy, SGD
     (no momentum, no weight decay), shuffled batches; val accuracy after every epoch, the
     weights of the best epoch kept (``>=``: a later epoch wins a tie)."""
+    with torch.autocast(train[0].device.type, enabled=False):  # fp32, as GIST's probe
+        return _train_probe(
+            train, val, num_classes, lr=lr, epochs=epochs, batch_size=batch_size, generator=generator
+        )
+
+
+def _train_probe(
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    *,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+) -> ProbeResult:
     x, y = train[0].float(), train[1]
     x_val, y_val = val[0].float(), val[1]
     layer = torch.nn.Linear(x.shape[1], num_classes, device="meta").to_empty(device=x.device)

@@ -4,10 +4,11 @@ resumable through the run's :class:`~fewshot.stages.StageCache` (see
 
 Stage entries, under one key (everything the fine-tuned weights depend on) plus ``part``:
 
-- ``partial``: written at every checkpoint before the last: the model's weights, Adam's
-  state, the run generator's state, the epochs done, the best checkpoint so far and the
-  trace. A fit that finds one resumes after it, and ends with the weights an uninterrupted
-  fit would have.
+- ``partial``: written at every checkpoint before the last: the trained weights (the rest
+  is the frozen backbone's), Adam's state, the run generator's state, the epochs done, the
+  best checkpoint so far (its image tower and probe) and the trace. A fit that finds one
+  resumes after it; on a CPU (deterministic kernels) it ends with the weights an
+  uninterrupted fit would have.
 - ``final``: the kept checkpoint's image tower and probe, its digest and the trace; a fit
   that finds it skips the stage. The partial entry is dropped when the final one is written.
 """
@@ -104,19 +105,16 @@ class FineTune:
         return {**self.key, "part": part}
 
     def _trainable(self, model: nn.Module) -> list[nn.Parameter]:
-        """Set requires_grad on the trained part (all: both towers and the logit scale)."""
+        """Set requires_grad on the trained part: the towers ``trainable`` names (``all``: both
+        and the logit scale), each whole, or its last ``trainable_blocks`` transformer blocks
+        with its final layer norm and projection."""
         model.requires_grad_(False)
-        visual = model.visual  # type: ignore[union-attr]
-        if self.config.trainable == "image":
-            visual.requires_grad_(True)
-        elif self.config.trainable == "text":
-            for name, module in model.named_children():
-                if name != "visual":
-                    module.requires_grad_(True)
-            for name, param in model.named_parameters(recurse=False):
-                param.requires_grad_(name != "logit_scale")
-        else:
-            model.requires_grad_(True)
+        towers = ("image", "text") if self.config.trainable == "all" else (self.config.trainable,)
+        for tower in towers:
+            for part in _tower_parts(model, tower, self.config.trainable_blocks):
+                part.requires_grad_(True)
+        if self.config.trainable == "all":
+            cast(nn.Parameter, model.logit_scale).requires_grad_(True)
         return [p for p in model.parameters() if p.requires_grad]
 
     def _train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, rows: Any) -> None:
@@ -130,13 +128,14 @@ class FineTune:
             loader = rows.loader(cfg.batch_size, augment=True, shuffle=True, generator=ctx.generator)
             for images, index in loader:
                 idx = index.tolist()
-                tokens = ctx.backbone.tokenize([self.texts[i][chosen[i]] for i in idx]).to(ctx.device)
+                texts = [self.texts[i][chosen[i]] for i in idx]
+                tokens = ctx.backbone.tokenize(texts).to(ctx.device)
                 groups = [ctx.train.ids[i] for i in idx] if cfg.mask_same_image else None
                 with ctx.autocast():
                     image = model.encode_image(images.to(ctx.device))  # type: ignore[operator]
                     text = encode_tokens(model, tokens)
                     scale = model.logit_scale.exp()  # type: ignore[operator]
-                loss = contrastive_loss(image, text, scale, groups)
+                loss = contrastive_loss(image, text, scale, groups, texts if cfg.mask_same_image else None)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
@@ -177,9 +176,10 @@ class FineTune:
     def _partial(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, done: int, best: _Best
     ) -> dict[str, Any]:
+        trained = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
         return {
             "epoch": done,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model": trained,  # the rest is the frozen backbone's
             "optimizer": optimizer.state_dict(),
             "generator": self.ctx.generator.get_state(),
             "best": self._best_entry(best),
@@ -187,7 +187,12 @@ class FineTune:
         }
 
     def _resume(self, partial: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-        model.load_state_dict(partial["model"])
+        missing = set(partial["model"]) - {name for name, p in model.named_parameters() if p.requires_grad}
+        if missing:  # cannot happen for one key (the settings are in it); never load a mismatch
+            raise RuntimeError(
+                f"gist: a partial stage entry holds parameters not trained here: {sorted(missing)[:3]}"
+            )
+        model.load_state_dict(partial["model"], strict=False)
         optimizer.load_state_dict(partial["optimizer"])
         self.ctx.generator.set_state(partial["generator"])
         self.trace = [list(row) for row in partial["trace"]]
@@ -234,3 +239,29 @@ class FineTune:
             trained_params=int(entry["trained"]),
             status=status,
         )
+
+
+def _tower_parts(model: nn.Module, tower: str, blocks: int) -> list[nn.Module | nn.Parameter]:
+    """The modules and parameters of one tower of an open_clip model that train: the whole
+    tower (``blocks`` 0), or its last ``blocks`` transformer blocks, final norm and projection."""
+    from fewshot.types import ConfigError
+
+    if tower == "image":
+        root: nn.Module = cast(nn.Module, model.visual)
+        heads = ("ln_post", "proj")
+    else:
+        root, heads = model, ("ln_final", "text_projection")
+    if blocks == 0:
+        if tower == "image":
+            return [root]
+        return [child for name, child in model.named_children() if name != "visual"] + [
+            p for name, p in model.named_parameters(recurse=False) if name != "logit_scale"
+        ]
+    resblocks = getattr(getattr(root, "transformer", None), "resblocks", None)
+    if not isinstance(resblocks, nn.ModuleList):
+        raise ConfigError(
+            f"gist trainable_blocks needs a transformer {tower} tower (open_clip's resblocks); "
+            "use trainable_blocks=0 to train the whole tower."
+        )
+    found = [getattr(root, name, None) for name in heads]
+    return [*list(resblocks)[-blocks:], *(h for h in found if isinstance(h, (nn.Module, nn.Parameter)))]

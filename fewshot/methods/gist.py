@@ -26,7 +26,8 @@ The pipeline, one fit:
    CLIP's learnable logit scale; Adam (lr 1e-6, betas (0.9, 0.98), eps 1e-6, weight decay
    0.001 on every trained parameter, the logit scale included), batch 20, no schedule,
    fresh random-resized-crop + flip augmentation on every pass. ``trainable``: ``all``
-   (GIST), ``image`` or ``text``.
+   (GIST), ``image`` or ``text``; ``trainable_blocks`` N > 0 trains only the last N
+   transformer blocks of those towers, with their final norm and projection.
 4. *Linear probe* (linear_probe.py) on the fine-tuned model's un-normalised image
    features (test transform): ``nn.Linear`` with bias, SGD lr 0.5 (no momentum, no weight
    decay), batch 64, 1000 epochs, the epoch with the best few-shot val accuracy kept.
@@ -37,9 +38,10 @@ accuracy is kept (the earliest on a tie). With ``epochs=0`` the probe runs on th
 features: the baseline GIST is built on.
 
 The fine-tuning stage is cached and resumable (:mod:`fewshot.stages`): its partial state
-(weights, Adam state, the run generator's state, the best checkpoint so far) is saved at
-every checkpoint, so an interrupted fit resumes at its last checkpoint and ends with the
-same weights; a finished stage is stored whole and a rerun skips it. A fine-tuned model
+(trained weights, Adam state, the run generator's state, the best checkpoint so far) is
+saved at every checkpoint, so an interrupted fit resumes at its last checkpoint (on a CPU,
+with the same final weights as an uninterrupted fit; CUDA kernels are not all
+deterministic); a finished stage is stored whole and a rerun skips it. A fine-tuned model
 never enters the feature cache of the frozen backbone: its features are computed inside the
 fit, and the record names its weights by their digest (``fit.finetuned_digest``).
 
@@ -53,18 +55,24 @@ Deviations from the official code:
   ``num_captions`` passes over the shuffled support set, pass p pairing every image with a
   different one of its captions (a fresh random order per epoch), so one pass never pairs
   an image twice; and the loss masks pairs of the same image anyway (a support set sampled
-  with replacement can hold an image twice). ``mask_same_image=False`` drops the mask.
+  with replacement can hold an image twice). It also masks pairs whose captions are the
+  same string (images of a class often match the same descriptions, and ``matched`` and
+  ``class-name`` captions are then identical): such a caption would be a row's positive
+  and its negative at once. ``mask_same_image=False`` drops both masks (GIST's loss).
 - An image with fewer than ``num_captions`` captions (a class with fewer descriptions)
   reuses its captions in order; GIST's files always hold 5.
 - Selection among checkpoints by the probe's few-shot val accuracy is ours: GIST saves a
   checkpoint every 10 epochs and its README evaluates the one after 40 epochs, with no
   selection in code. The default ``epochs`` is 40 with checkpoints every 10.
 - Precision: GIST trains fp16 weights, casting to fp32 only for the Adam step. Here the
-  weights stay fp32 and the forward passes run under the run's autocast.
+  weights stay fp32 and the forward passes run under the run's autocast, without loss
+  scaling under fp16 (as the other trainers here; GIST scales nothing either); the probe
+  always runs in fp32.
 - GIST trains on its own splits and metadata (CUB, aircraft, flowers, Fitzpatrick40); here
   the harness's few-shot subsets. Its published captions are keyed by its image paths and
   cover its train images; ``published`` matches them to support images by path suffix, and
-  images without an entry keep their matched descriptions (counted in the record).
+  images without an entry keep their matched descriptions (counted in the record). The
+  files are read where ``captions_file`` names one; fewshot does not download them.
 - The matching text is the description as written (GIST's too); GIST's CUB captions
   already start with "classname: ", so its training text repeats the class name. Here the
   prefix is added unless ``class_prefix=False``.
@@ -87,7 +95,7 @@ from torch import nn
 from fewshot.methods._gist import match_top_k
 from fewshot.methods._knowledge import knowledge_set, set_preset
 from fewshot.methods.base import Adapter, FitContext, Needs, QueryBatch
-from fewshot.types import AdapterConfig, ConfigError, FewshotError, stable_hash
+from fewshot.types import AdapterConfig, BackboneSpec, ConfigError, FewshotError, stable_hash
 from fewshot.workload import StepCost
 
 if TYPE_CHECKING:
@@ -116,6 +124,7 @@ class GistConfig(AdapterConfig):
     num_captions: int = 4  # captions paired with each image
     class_prefix: bool = True  # train on "{classname}: {caption}"
     trainable: str = "all"  # all | image | text
+    trainable_blocks: int = 0  # 0: the whole tower(s); N: their last N blocks, final norm, projection
     epochs: int = 40  # README: the checkpoint after 40 epochs
     checkpoint_every: int = 10
     batch_size: int = 20
@@ -139,10 +148,10 @@ class GistConfig(AdapterConfig):
             )
         counts = [self.top_k, self.num_captions, self.batch_size, self.checkpoint_every]
         counts += [self.probe_epochs, self.probe_batch_size, self.llm_concurrency]
-        if min(counts) < 1 or self.epochs < 0:
+        if min(counts) < 1 or self.epochs < 0 or self.trainable_blocks < 0:
             raise ConfigError(
                 "gist needs top_k, num_captions, batch_size, checkpoint_every, probe_epochs, "
-                "probe_batch_size and llm_concurrency >= 1, and epochs >= 0."
+                "probe_batch_size and llm_concurrency >= 1, and epochs and trainable_blocks >= 0."
             )
         if self.lr <= 0 or self.probe_lr <= 0 or len(self.betas) != 2:
             raise ConfigError("gist needs lr > 0, probe_lr > 0 and two betas, e.g. betas=0.9,0.98.")
@@ -232,7 +241,7 @@ class Gist(Adapter):
         """Each support image's ``top_k`` descriptions of its own class, best first."""
         backbone, features = ctx.backbone, ctx.train.features
         wanted = PAPER_MATCH_BACKBONE if self.config.match_backbone == "paper" else self.config.match_backbone
-        if wanted and wanted != ctx.backbone.id:
+        if wanted and BackboneSpec.parse(wanted).id != ctx.backbone.id:
             from fewshot.backbones import load_backbone
 
             backbone = load_backbone(wanted, ctx.device)
@@ -256,33 +265,30 @@ class Gist(Adapter):
         return self._published_captions(ctx, matched)
 
     def _llm_captions(self, ctx: FitContext, matched: list[list[str]]) -> list[list[str]]:
-        from fewshot.descriptions.captions import summarise
+        from fewshot.descriptions.captions import SUMMARY_PROMPT, SUMMARY_SAMPLING, summarise
         from fewshot.descriptions.generate import AnswerCache, Endpoint
 
-        api_key = os.environ.get("OPENAI_API_KEY", "")
-        if not api_key:
-            raise ConfigError(
-                "gist captions=llm needs an API key in $OPENAI_API_KEY "
-                "(any text for a local server that needs none)."
-            )
-        endpoint = Endpoint(self.config.llm_base_url, self.config.llm_model, api_key)
+        endpoint = Endpoint(
+            self.config.llm_base_url, self.config.llm_model, os.environ.get("OPENAI_API_KEY", "")
+        )
         cache = AnswerCache(_answers_root(ctx.stages))
+        labels = ctx.train.labels.tolist()
         requests = {
             f"{i}:{path}": (ctx.classnames[label], tuple(texts))
-            for i, (path, label, texts) in enumerate(
-                zip(ctx.train.ids, ctx.train.labels.tolist(), matched, strict=True)
-            )
+            for i, (path, label, texts) in enumerate(zip(ctx.train.ids, labels, matched, strict=True))
         }
-        answers, sent = summarise(requests, endpoint, cache, concurrency=self.config.llm_concurrency)
-        path = urllib.parse.urlsplit(endpoint.base_url).path.rstrip("/")
+        answers, self.requests = summarise(requests, endpoint, cache, concurrency=self.config.llm_concurrency)
+        captions = [answers[key] or own for key, own in zip(requests, matched, strict=True)]
         self.made["captions"] = {
             "source": "llm",
             "model": endpoint.model,
             "host": endpoint.host,
-            "path": path,
+            "path": urllib.parse.urlsplit(endpoint.base_url).path.rstrip("/"),
+            "prompt": stable_hash(SUMMARY_PROMPT),
+            "sampling": dict(SUMMARY_SAMPLING),
+            "matched_fallback": sum(answers[key] is None for key in requests),
         }
-        self.requests = sent
-        return [answers[key] for key in requests]
+        return captions
 
     def _published_captions(self, ctx: FitContext, matched: list[list[str]]) -> list[list[str]]:
         from fewshot.backbones import file_digest
@@ -385,7 +391,8 @@ class Gist(Adapter):
             )
         dtype = next(self.visual.parameters()).dtype
         features = self.visual(batch.images.to(dtype)).float()
-        logits = self.probe(features.to(self.probe.weight.device))
+        with torch.autocast(features.device.type, enabled=False):  # the probe runs in fp32
+            logits = self.probe(features.to(self.probe.weight.device))
         columns = [self.classnames.index(name) for name in batch.classnames]
         return logits[:, columns]
 
