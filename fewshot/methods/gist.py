@@ -132,7 +132,7 @@ class GistConfig(AdapterConfig):
     betas: tuple[float, ...] = (0.9, 0.98)
     eps: float = 1e-6
     weight_decay: float = 0.001
-    mask_same_image: bool = True  # captions of one image are not each other's negatives
+    mask_same_image: bool = True  # pairs of one image, or with equal captions, are not negatives
     probe_lr: float = 0.5
     probe_epochs: int = 1000
     probe_batch_size: int = 64
