@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fewshot.methods._training import seeded_linear
+
 __all__ = [
     "ProbeResult",
     "caption_passes",
@@ -118,38 +120,19 @@ def train_probe(
     (no momentum, no weight decay), shuffled batches; val accuracy after every epoch, the
     weights of the best epoch kept (``>=``: a later epoch wins a tie)."""
     with torch.autocast(train[0].device.type, enabled=False):  # fp32, as GIST's probe
-        return _train_probe(
-            train, val, num_classes, lr=lr, epochs=epochs, batch_size=batch_size, generator=generator
-        )
-
-
-def _train_probe(
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
-    num_classes: int,
-    *,
-    lr: float,
-    epochs: int,
-    batch_size: int,
-    generator: torch.Generator,
-) -> ProbeResult:
-    x, y = train[0].float(), train[1]
-    x_val, y_val = val[0].float(), val[1]
-    layer = torch.nn.Linear(x.shape[1], num_classes, device="meta").to_empty(device=x.device)
-    bound = 1.0 / x.shape[1] ** 0.5
-    with torch.no_grad():  # PyTorch's default init, drawn from the run's generator
-        layer.weight.copy_(torch.empty(layer.weight.shape).uniform_(-bound, bound, generator=generator))
-        layer.bias.copy_(torch.empty(layer.bias.shape).uniform_(-bound, bound, generator=generator))
-    optimizer = torch.optim.SGD(layer.parameters(), lr=lr)
-    best = ProbeResult({k: v.detach().clone() for k, v in layer.state_dict().items()}, 0, -1.0)
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(x), generator=generator).to(x.device)
-        for index in torch.split(order, batch_size):
-            loss = F.cross_entropy(layer(x[index]), y[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-        accuracy = _accuracy(layer, x_val, y_val)
-        if accuracy >= best.val_accuracy:
-            best = ProbeResult(copy.deepcopy(layer.state_dict()), epoch, accuracy)
-    return best
+        x, y = train[0].float(), train[1]
+        x_val, y_val = val[0].float(), val[1]
+        layer = seeded_linear(x.shape[1], num_classes, generator).to(x.device)  # PyTorch's init
+        optimizer = torch.optim.SGD(layer.parameters(), lr=lr)
+        best = ProbeResult({k: v.detach().clone() for k, v in layer.state_dict().items()}, 0, -1.0)
+        for epoch in range(1, epochs + 1):
+            order = torch.randperm(len(x), generator=generator).to(x.device)
+            for index in torch.split(order, batch_size):
+                loss = F.cross_entropy(layer(x[index]), y[index])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+            accuracy = _accuracy(layer, x_val, y_val)
+            if accuracy >= best.val_accuracy:
+                best = ProbeResult(copy.deepcopy(layer.state_dict()), epoch, accuracy)
+        return best
