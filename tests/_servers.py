@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,3 +27,19 @@ def local_server(
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload: object) -> None:
+    """Answer ``handler``'s request with ``payload`` as JSON and ``status``."""
+    data = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def chat_completion(model: str, content: str) -> dict[str, object]:
+    """An OpenAI chat-completions response body with one choice."""
+    choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": model, "choices": [choice]}

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from fewshot.cli import app
 from fewshot.datasets import get_dataset
 
-from ._servers import local_server
+from ._servers import local_server, send_json
 
 pytest.importorskip("openai", reason="the llm extra: pip install -e '.[llm]'")
 
@@ -97,12 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
             fake.bodies.append(body)
             fake.auth.append(self.headers.get("Authorization", ""))
         status, payload = _answer(fake, body) if self.path == "/v1/chat/completions" else (404, {})
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, payload)
 
     def log_message(self, *args: object) -> None:
         pass

@@ -23,7 +23,7 @@ from fewshot.stages import StageCache
 from fewshot.sweeps import sweep
 from fewshot.testing import make_fit_context
 from fewshot.types import ConfigError, RunSpec
-from tests._servers import local_server
+from tests._servers import chat_completion, local_server, send_json
 
 TINY = {
     "epochs": 2,
@@ -261,26 +261,7 @@ class _Summariser(BaseHTTPRequestHandler):
         content = "\n".join(f"- short caption {i}" for i in range(count))
         if "of a square." in prompt:
             content = "I would rather not shorten these."
-        data = json.dumps(
-            {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                    }
-                ],
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, 200, chat_completion(body["model"], content))
 
     def log_message(self, *args: object) -> None:
         pass
